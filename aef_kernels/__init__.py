@@ -1,0 +1,42 @@
+"""aef_kernels: fused kernels for the Space-Time-Precision encoder of AlphaEarth Foundations.
+
+    import aef_kernels as K
+    o = K.axial_time_attention(q, k, v, key_padding_mask)
+    with K.use_backend("reference"):
+        ...
+
+See KERNELS.md for the API; ``python -m aef_kernels.info`` shows which backends can run here.
+"""
+
+from ._version import __version__
+from .dispatch import BackendUnavailableError, use_backend
+from .functional import (
+    ExchangeParams,
+    axial_time_attention,
+    batch_uniformity_loss,
+    group_norm_nhwc,
+    precision_operator,
+    pyramid_exchange,
+    resample_down,
+    resample_up,
+    vmf_normalize,
+)
+
+from . import reference  # noqa: E402,F401  (registers the reference backend)
+from . import triton as _triton_backend  # noqa: E402,F401
+from . import cuda as _cuda_backend  # noqa: E402,F401
+
+__all__ = [
+    "__version__",
+    "BackendUnavailableError",
+    "ExchangeParams",
+    "axial_time_attention",
+    "batch_uniformity_loss",
+    "group_norm_nhwc",
+    "precision_operator",
+    "pyramid_exchange",
+    "resample_down",
+    "resample_up",
+    "use_backend",
+    "vmf_normalize",
+]

@@ -1,0 +1,180 @@
+"""Backend registry and dispatch.
+
+Each op has one implementation per backend, registered with :func:`register`. An implementation
+states why it cannot run on given inputs through its ``reasons`` function (an empty list means it
+can), in the spirit of xformers' ``not_supported_reasons``.
+
+Selection, in order of precedence: the ``backend=`` argument of a call, the innermost
+:func:`use_backend` context, the ``AEF_KERNELS_BACKEND`` environment variable (read once, at
+import), then ``"auto"``. ``auto`` walks :data:`AUTO_PRIORITY` for the inputs' device type and takes
+the first backend with no reasons; a backend that was asked for by name raises
+:class:`BackendUnavailableError` listing every reason instead of falling back.
+
+Everything consulted here is a plain Python value (module globals, tensor metadata), so Dynamo
+traces dispatch into guards and ``torch.compile(fullgraph=True)`` sees no graph break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+_log = logging.getLogger("aef_kernels")
+
+OPS = (
+    "axial_time_attention",
+    "precision_operator",
+    "group_norm_nhwc",
+    "resample_down",
+    "resample_up",
+    "pyramid_exchange",
+    "vmf_normalize",
+    "batch_uniformity_loss",
+)
+BACKENDS = ("reference", "triton", "cuda")
+CHOICES = BACKENDS + ("auto",)
+
+# Per op and device type, the order in which ``auto`` tries backends. The `cuda` backend is absent
+# on purpose: it is selected only by name until its kernels have been verified on a GPU.
+AUTO_PRIORITY: dict[str, dict[str, tuple[str, ...]]] = {
+    op: {"cuda": ("triton", "reference"), "cpu": ("reference",)} for op in OPS
+}
+_FALLBACK_PRIORITY = ("reference",)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend that was asked for by name cannot run the given inputs."""
+
+
+@dataclass(frozen=True)
+class Implementation:
+    op: str
+    backend: str
+    fn: Callable
+    reasons: Callable[..., list[str]]
+
+
+_REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
+# Why a whole backend is unusable here (Triton not importable, extension not built, ...), set once
+# by the backend package at import.
+_BACKEND_UNAVAILABLE: dict[str, list[str]] = {b: [] for b in BACKENDS}
+
+
+def _no_reasons(*args, **kwargs) -> list[str]:
+    return []
+
+
+def register(op: str, backend: str, reasons: Callable[..., list[str]] = _no_reasons):
+    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``.
+
+    ``fn`` and ``reasons`` are called with the op's validated arguments, positionally, in the order
+    of the public signature.
+    """
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+
+    def wrap(fn: Callable) -> Callable:
+        _REGISTRY[op][backend] = Implementation(op, backend, fn, reasons)
+        return fn
+
+    return wrap
+
+
+def mark_backend_unavailable(backend: str, reason: str) -> None:
+    """Record why ``backend`` cannot run at all on this installation."""
+    _BACKEND_UNAVAILABLE[backend].append(reason)
+
+
+def backend_unavailable_reasons(backend: str) -> list[str]:
+    return list(_BACKEND_UNAVAILABLE[backend])
+
+
+def _check_choice(name: str | None, source: str) -> None:
+    if name is not None and name not in CHOICES:
+        raise ValueError(f"{source}: unknown backend {name!r}; choose one of {', '.join(CHOICES)}")
+
+
+_ENV_BACKEND = os.environ.get("AEF_KERNELS_BACKEND") or None
+_check_choice(_ENV_BACKEND, "AEF_KERNELS_BACKEND")
+_STACK: list[str] = []
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every op inside the ``with`` block on backend ``name`` (or ``"auto"``)."""
+    _check_choice(name, "use_backend")
+    _STACK.append(name)
+    try:
+        yield
+    finally:
+        _STACK.pop()
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend a call with ``backend=`` would ask for, after the context and environment."""
+    if backend is not None:
+        _check_choice(backend, "backend")
+        return backend
+    if _STACK:
+        return _STACK[-1]
+    return _ENV_BACKEND or "auto"
+
+
+def not_supported_reasons(op: str, backend: str, *args) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on these (already validated) arguments; [] if it can."""
+    reasons = list(_BACKEND_UNAVAILABLE[backend])
+    impl = _REGISTRY[op].get(backend)
+    if impl is None:
+        reasons.append(f"no {backend} implementation of {op}")
+    elif not reasons:
+        reasons.extend(impl.reasons(*args))
+    return reasons
+
+
+def _device_type(args: Sequence) -> str:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device.type
+        if isinstance(a, (tuple, list)):
+            for b in a:
+                if isinstance(b, torch.Tensor):
+                    return b.device.type
+    return "cpu"
+
+
+def select(op: str, args: Sequence, backend: str | None = None) -> Implementation:
+    """The implementation that runs ``op`` on ``args`` for the requested backend."""
+    name = requested_backend(backend)
+    if name != "auto":
+        reasons = not_supported_reasons(op, name, *args)
+        if reasons:
+            raise BackendUnavailableError(
+                f"{op}: backend {name!r} cannot run these inputs:\n  - " + "\n  - ".join(reasons)
+            )
+        return _REGISTRY[op][name]
+    tried = []
+    device = _device_type(args)
+    for candidate in AUTO_PRIORITY[op].get(device, _FALLBACK_PRIORITY):
+        reasons = not_supported_reasons(op, candidate, *args)
+        if not reasons:
+            return _REGISTRY[op][candidate]
+        tried.append((candidate, reasons))
+        if not torch.compiler.is_compiling():
+            _log.debug("%s: auto skips %s: %s", op, candidate, "; ".join(reasons))
+    detail = "; ".join(f"{b}: {', '.join(r)}" for b, r in tried)
+    raise BackendUnavailableError(f"{op}: no backend can run these inputs ({detail})")
+
+
+def call(op: str, args: Sequence, backend: str | None = None):
+    return select(op, args, backend).fn(*args)
+
+
+def registered_backends(op: str) -> list[str]:
+    return [b for b in BACKENDS if b in _REGISTRY[op]]
