@@ -1,0 +1,90 @@
+"""Backend selection: auto's choice, explicitly requested backends, the context manager and the
+environment variable."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import aef_kernels as K
+from aef_kernels import dispatch
+
+
+def vec():
+    return torch.randn(4, 8)
+
+
+@pytest.mark.parametrize("op", dispatch.OPS)
+def test_auto_picks_reference_on_cpu(op):
+    """For CPU tensors auto selects the reference backend for every op (even under the interpreter)."""
+    from aef_kernels.info import example_args
+
+    args = example_args(op, torch.device("cpu"), torch.float32)
+    assert dispatch.select(op, args, "auto").backend == "reference"
+
+
+def test_requested_backend_that_cannot_run_lists_reasons():
+    """Asking for the cuda backend on CPU tensors raises, listing why, instead of falling back."""
+    with pytest.raises(K.BackendUnavailableError, match="(?s)vmf_normalize.*'cuda'.*  - "):
+        K.vmf_normalize(vec(), backend="cuda")
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        K.vmf_normalize(vec(), backend="cudnn")
+    with pytest.raises(ValueError, match="use_backend"):
+        with K.use_backend("fast"):
+            pass
+
+
+def test_use_backend_context_nests_and_restores():
+    """use_backend sets the backend for calls inside it; the innermost wins; exit restores."""
+    assert dispatch.requested_backend() == (os.environ.get("AEF_KERNELS_BACKEND") or "auto")
+    with K.use_backend("reference"):
+        with K.use_backend("cuda"):
+            assert dispatch.requested_backend() == "cuda"
+            with pytest.raises(K.BackendUnavailableError):
+                K.vmf_normalize(vec())
+            assert dispatch.requested_backend("reference") == "reference"  # backend= beats the context
+            K.vmf_normalize(vec(), backend="reference")
+        assert dispatch.requested_backend() == "reference"
+    assert dispatch.requested_backend() == (os.environ.get("AEF_KERNELS_BACKEND") or "auto")
+
+
+def test_context_is_restored_after_an_exception():
+    with pytest.raises(RuntimeError):
+        with K.use_backend("cuda"):
+            raise RuntimeError("boom")
+    assert "cuda" not in dispatch._STACK
+
+
+def run_python(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+
+
+def test_environment_variable_selects_the_backend():
+    """AEF_KERNELS_BACKEND=cuda makes every call ask for cuda (here: fail loudly on CPU tensors)."""
+    code = "import torch, aef_kernels as K; K.vmf_normalize(torch.randn(2, 3))"
+    assert run_python(code, AEF_KERNELS_BACKEND="reference").returncode == 0
+    failed = run_python(code, AEF_KERNELS_BACKEND="cuda")
+    assert failed.returncode != 0 and "BackendUnavailableError" in failed.stderr
+
+
+def test_invalid_environment_variable_is_reported_at_import():
+    failed = run_python("import aef_kernels", AEF_KERNELS_BACKEND="gpu")
+    assert failed.returncode != 0 and "AEF_KERNELS_BACKEND" in failed.stderr
+
+
+def test_backend_without_an_implementation_is_named():
+    reasons = dispatch.not_supported_reasons("precision_operator", "cuda", None)
+    assert reasons and all(isinstance(r, str) and r for r in reasons)
+
+
+def test_register_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown op"):
+        dispatch.register("softmax", "triton")
+    with pytest.raises(ValueError, match="unknown backend"):
+        dispatch.register("vmf_normalize", "metal")
