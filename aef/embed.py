@@ -1,0 +1,317 @@
+"""Embedding a scene into a 64-band GeoTIFF, tiled as the paper does it (AEF_MODEL.md §4).
+
+The scene is cut into tiles of ``tile`` px (96 = 960 m), each read with ``buffer`` px of context per
+side (16, so the model sees 128 px). The outer ``trim`` px (8) of each output are discarded, so
+neighbouring tiles overlap by ``2 * (buffer - trim)`` px (16). Overlaps are blended with linear ramps
+that sum to one, and the result is renormalised to unit length. Pixels without any valid observation
+in any frame are written as no-data (-128 in int8, NaN in float32).
+
+Work proceeds one row of tiles at a time, reading each tile's window and writing finished rows, so
+memory is O(scene width) and independent of the scene's height and number of frames.
+
+Sharding: ``shard=(i, n)`` embeds the i-th of n contiguous blocks of tile rows and writes a partial
+file (float32 weighted sums, plus an observation count) next to the output; :func:`merge_shards`
+sums the partials and writes the single output. Under ``torchrun`` each rank takes its own shard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import quantize as _q
+from .geo import BAND_NAMES, EMBED_DIM, Grid, Scene, SceneError, calendar_year, create_raster, format_time, \
+    require_rasterio
+
+OUTPUT_DTYPES = ("int8", "float32")
+# Rows per block when merging shard partials; bounds the merge's memory to a few rows of the scene.
+MERGE_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tile geometry: ``tile`` px kept per tile, ``buffer`` px of context per side, ``trim`` px cut off."""
+
+    tile: int = 96
+    buffer: int = 16
+    trim: int = 8
+
+    def __post_init__(self):
+        if self.tile <= 0 or self.buffer < 0 or not 0 <= self.trim <= self.buffer:
+            raise ValueError(f"tiling: need tile > 0 and 0 <= trim <= buffer, got {self}")
+        if self.side % 16:
+            raise ValueError(f"tiling: tile + 2 * buffer = {self.side} must be a multiple of 16 (the model's "
+                             "patch side)")
+        if self.tile < 2 * self.overhang:
+            raise ValueError(f"tiling: tile ({self.tile}) must be at least the overlap 2 * (buffer - trim) "
+                             f"= {2 * self.overhang}")
+
+    @property
+    def side(self) -> int:
+        """Side of the window the model sees."""
+        return self.tile + 2 * self.buffer
+
+    @property
+    def overhang(self) -> int:
+        """Kept pixels beyond the tile on each side; neighbours overlap by twice this."""
+        return self.buffer - self.trim
+
+    @property
+    def kept(self) -> int:
+        return self.tile + 2 * self.overhang
+
+    def ramp(self) -> np.ndarray:
+        """(kept,) blending weights: linear over the overlaps, so overlapping weights sum to one."""
+        o = self.overhang
+        if o == 0:
+            return np.ones(self.tile, dtype=np.float32)
+        d = np.minimum(np.arange(self.kept), np.arange(self.kept)[::-1])
+        return np.minimum(1.0, (d + 0.5) / (2 * o)).astype(np.float32)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n) with 0 <= i < n; "auto" -> this torchrun rank and world size (0/1 outside)."""
+    if text == "auto":
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: expected i/n (e.g. 0/4) or auto, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard: need 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def shard_path(out: Path, i: int, n: int) -> Path:
+    return out.with_name(f"{out.name}.shard-{i}-of-{n}.tif")
+
+
+def default_period(scene: Scene) -> tuple[int, int]:
+    """The calendar year of the data: the UTC year containing the median acquisition time."""
+    times = np.concatenate([t for t in scene.timestamps.values()])
+    return calendar_year(int(np.median(times)))
+
+
+def check_scene_for_model(scene: Scene, model) -> None:
+    allowed = tuple(model.config.input_sources)
+    extra = [n for n in scene.source_names if n not in allowed]
+    if extra:
+        raise SceneError(f"the scene has source(s) {', '.join(extra)} that this model does not take as input "
+                         f"(its inputs: {', '.join(allowed)})")
+
+
+def _normalise(acc: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Weighted sums (..., 64) -> unit vectors, NaN where nothing was observed."""
+    norm = np.linalg.norm(acc, axis=-1, keepdims=True)
+    ok = observed[..., None] & (norm > 0)
+    return np.where(ok, acc / np.where(ok, norm, 1), np.float32(np.nan)).astype(np.float32)
+
+
+def _encode(values: np.ndarray, dtype: str) -> np.ndarray:
+    return _q.quantize(values) if dtype == "int8" else values
+
+
+def _nodata(dtype: str):
+    return _q.NODATA if dtype == "int8" else float("nan")
+
+
+class _Writer:
+    """Receives finished rows (weighted sums and observation counts) and writes them."""
+
+    def __init__(self, ds, row0: int, final: bool, dtype: str):
+        self.ds, self.row0, self.final, self.dtype = ds, row0, final, dtype
+
+    def write(self, row: int, acc: np.ndarray, observed: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        win = Window(0, row - self.row0, acc.shape[1], acc.shape[0])
+        if self.final:
+            self.ds.write(np.moveaxis(_encode(_normalise(acc, observed > 0), self.dtype), -1, 0), window=win)
+        else:
+            self.ds.write(np.concatenate([np.moveaxis(acc, -1, 0), observed[None].astype(np.float32)]), window=win)
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.no_grad()
+def _embed_tiles(model, scene: Scene, tiles: Sequence[tuple[int, int]], tiling: Tiling, period, device):
+    """Embed the windows of ``tiles`` (tile row, tile col): (B, kept, kept, 64) float32 and the
+    (B, kept, kept) count of valid observations, both trimmed to the kept region."""
+    side, t, b, tr = tiling.side, tiling.tile, tiling.buffer, tiling.trim
+    data, masks, times = {}, {}, {}
+    observed = np.zeros((len(tiles), side, side), dtype=np.int32)
+    for name in scene.source_names:
+        ds, vs = zip(*(scene.read(name, i * t - b, j * t - b, side, side) for i, j in tiles))
+        d, v = np.stack(ds), np.stack(vs)
+        observed += v.sum(axis=1)
+        # The model ignores masked pixels whatever they hold; zeros keep NaN out of every kernel.
+        data[name] = torch.from_numpy(np.where(v[..., None], d, np.float32(0))).to(device)
+        masks[name] = torch.from_numpy(v).to(device)
+        times[name] = torch.from_numpy(np.broadcast_to(scene.timestamps[name], v.shape[:2]).copy()).to(device)
+    periods = torch.tensor([period] * len(tiles), dtype=torch.int64, device=device)
+    emb = model.embed(data, times, periods, masks)
+    keep = slice(tr, side - tr)
+    return emb[:, keep, keep].float().cpu().numpy(), observed[:, keep, keep]
+
+
+def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] = None,
+                tiling: Tiling = Tiling(), dtype: str = "int8", batch: int = 4, device="cpu",
+                shard: tuple[int, int] = (0, 1), progress: bool = True,
+                on_tile: Optional[Callable[[int], None]] = None) -> Path:
+    """Embed ``scene`` with ``model`` into ``out`` (or, when sharded, into this shard's partial file).
+
+    Returns the path written. ``period`` is [start, end) epoch ms (default: the calendar year of the
+    data). ``dtype`` is "int8" (the paper's quantisation, AEF_MODEL.md §4) or "float32".
+    """
+    from tqdm.auto import tqdm
+
+    require_rasterio()
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype: expected one of {OUTPUT_DTYPES}, got {dtype!r}")
+    if batch < 1:
+        raise ValueError(f"batch: expected at least 1, got {batch}")
+    check_scene_for_model(scene, model)
+    period = period or default_period(scene)
+    if period[1] <= period[0]:
+        raise ValueError(f"period: the end {format_time(period[1])} must be after the start {format_time(period[0])}")
+    out = Path(out)
+    grid, t, o = scene.grid, tiling.tile, tiling.overhang
+    n_rows, n_cols = math.ceil(grid.height / t), math.ceil(grid.width / t)
+    index, count = shard
+    rows = range(index * n_rows // count, (index + 1) * n_rows // count)
+    tags = dict(AEF_PERIOD_START=format_time(period[0]), AEF_PERIOD_END=format_time(period[1]),
+                AEF_TILING=f"tile={tiling.tile} buffer={tiling.buffer} trim={tiling.trim}")
+    if count == 1:
+        path, row0, row1 = out, 0, grid.height
+        ds = create_raster(out.with_name(out.name + ".partial"), grid, EMBED_DIM, dtype, _nodata(dtype),
+                           BAND_NAMES, tags)
+    else:
+        # A shard's partial covers its tile rows plus the overlaps it shares with its neighbours.
+        path = shard_path(out, index, count)
+        row0 = max(rows.start * t - o, 0) if len(rows) else 0
+        row1 = min(rows.stop * t + o, grid.height) if len(rows) else 0
+        sub = Grid(max(row1 - row0, 1), grid.width, grid.crs, _shift_rows(grid.transform, row0))
+        ds = create_raster(path.with_name(path.name + ".partial"), sub, EMBED_DIM + 1, "float32", None,
+                           None, dict(tags, AEF_SHARD=f"{index}/{count}", AEF_ROW0=row0, AEF_ROWS=row1 - row0,
+                                       AEF_HEIGHT=grid.height, AEF_DTYPE=dtype))
+    writer = _Writer(ds, row0, final=count == 1, dtype=dtype)
+    ramp = tiling.ramp()
+    weight = ramp[:, None] * ramp[None, :]
+    tiles_total = len(rows) * n_cols
+    bar = tqdm(total=tiles_total, unit="tile", desc=f"embed {out.name}" + (f" [{index}/{count}]" if count > 1 else ""),
+               disable=not progress)
+    try:
+        # Accumulator rows [top, top + tile + 2*o) of the current tile row; the last 2*o rows carry
+        # into the next tile row. Columns are offset by o so that a tile's kept region never goes negative.
+        width = n_cols * t + 2 * o
+        acc = np.zeros((t + 2 * o, width, EMBED_DIM), dtype=np.float32)
+        obs = np.zeros((t + 2 * o, width), dtype=np.int32)
+        for i in rows:
+            top = i * t - o
+            for group in _batches([(i, j) for j in range(n_cols)], batch):
+                emb, seen = _embed_tiles(model, scene, group, tiling, period, device)
+                for (_, j), e, s in zip(group, emb, seen):
+                    acc[:, j * t:j * t + tiling.kept] += e * weight[..., None]
+                    obs[:, j * t:j * t + tiling.kept] += s
+                bar.update(len(group))
+                if on_tile is not None:
+                    on_tile(len(group))
+            last = i == rows.stop - 1
+            # Rows from top to top + t are final (no later tile row reaches them); at the end of the
+            # shard the carry rows are written too, as the partial's last rows.
+            stop = top + t + (2 * o if last else 0)
+            _flush(writer, acc, obs, top, stop, row0, row1, o, grid.width)
+            acc = np.concatenate([acc[t:], np.zeros_like(acc[:t])])
+            obs = np.concatenate([obs[t:], np.zeros_like(obs[:t])])
+    except BaseException:
+        ds.close()
+        bar.close()
+        raise
+    ds.close()
+    bar.close()
+    # Rename only when complete, so a crash never leaves an output that looks finished.
+    os.replace(path.with_name(path.name + ".partial"), path)
+    return path
+
+
+def _flush(writer: _Writer, acc, obs, top: int, stop: int, row0: int, row1: int, o: int, width: int) -> None:
+    lo, hi = max(top, row0), min(stop, row1)
+    if hi > lo:
+        writer.write(lo, acc[lo - top:hi - top, o:o + width], obs[lo - top:hi - top, o:o + width])
+
+
+def _shift_rows(transform, rows: int):
+    """The affine transform of a raster starting ``rows`` rows further down."""
+    if transform is None:
+        return None
+    from rasterio.transform import Affine
+
+    a = transform if isinstance(transform, Affine) else Affine(*transform[:6])
+    return a @ Affine.translation(0, rows)
+
+
+def merge_shards(out, progress: bool = True) -> Path:
+    """Sum the shard partials written for ``out`` and write the final embedding raster.
+
+    The partials are found by name (``OUT.shard-i-of-n.tif``); every one of the n must be present and
+    complete. They are left in place; delete them once the merge has succeeded.
+    """
+    from tqdm.auto import tqdm
+
+    rasterio = require_rasterio()
+    from rasterio.windows import Window
+
+    out = Path(out)
+    found = sorted(out.parent.glob(f"{out.name}.shard-*-of-*.tif"))
+    if not found:
+        raise SceneError(f"{out}: no shard partials ({out.name}.shard-I-of-N.tif) to merge")
+    counts = {int(p.name.rsplit("-of-", 1)[1].split(".")[0]) for p in found}
+    if len(counts) != 1:
+        raise SceneError(f"{out}: partials from runs with different shard counts {sorted(counts)}; "
+                         "delete the stale ones")
+    n = counts.pop()
+    missing = [i for i in range(n) if not shard_path(out, i, n).is_file()]
+    if missing:
+        raise SceneError(f"{out}: shard(s) {', '.join(map(str, missing))} of {n} are missing or unfinished")
+    parts = [rasterio.open(shard_path(out, i, n)) for i in range(n)]
+    try:
+        tags = [p.tags() for p in parts]
+        first = tags[0]
+        height, dtype = int(first["AEF_HEIGHT"]), first["AEF_DTYPE"]
+        for p, tg in zip(parts, tags):
+            if (tg.get("AEF_PERIOD_START"), tg.get("AEF_TILING"), tg.get("AEF_HEIGHT")) != \
+                    (first["AEF_PERIOD_START"], first["AEF_TILING"], first["AEF_HEIGHT"]) or p.width != parts[0].width:
+                raise SceneError(f"{p.name}: written with other settings than {parts[0].name}")
+        width = parts[0].width
+        grid = Grid(height, width, parts[0].crs, _shift_rows(parts[0].transform, -int(first["AEF_ROW0"])))
+        keep = ("AEF_PERIOD_START", "AEF_PERIOD_END", "AEF_TILING")
+        ds = create_raster(out.with_name(out.name + ".partial"), grid, EMBED_DIM, dtype, _nodata(dtype),
+                           BAND_NAMES, {k: first[k] for k in keep})
+        with ds, tqdm(total=height, unit="row", desc=f"merge {out.name}", disable=not progress) as bar:
+            for lo in range(0, height, MERGE_ROWS):
+                hi = min(lo + MERGE_ROWS, height)
+                acc = np.zeros((hi - lo, width, EMBED_DIM + 1), dtype=np.float32)
+                for p, tg in zip(parts, tags):
+                    p0 = int(tg["AEF_ROW0"])
+                    a, b = max(lo, p0), min(hi, p0 + int(tg["AEF_ROWS"]))
+                    if b > a:
+                        block = p.read(window=Window(0, a - p0, width, b - a))
+                        acc[a - lo:b - lo] += np.moveaxis(block, 0, -1)
+                values = _normalise(acc[..., :EMBED_DIM], acc[..., EMBED_DIM] > 0)
+                ds.write(np.moveaxis(_encode(values, dtype), -1, 0), window=Window(0, lo, width, hi - lo))
+                bar.update(hi - lo)
+    finally:
+        for p in parts:
+            p.close()
+    os.replace(out.with_name(out.name + ".partial"), out)
+    return out

@@ -1,0 +1,345 @@
+"""Scene input and embedding-raster output for the pipelines: GeoTIFF frames listed in a JSON
+manifest, ``.npz`` scenes, ISO 8601 times, and the 64-band embedding GeoTIFF.
+
+A *scene* is every frame of every input source over one pixel grid. It is read window by window
+(:meth:`Scene.read`), so a scene never has to fit in memory.
+
+JSON manifest (paths relative to the manifest's folder)::
+
+    {
+      "sources": {
+        "sentinel2": [
+          {"path": "s2/20240305.tif", "time": "2024-03-05T10:31:02Z", "mask": "s2/20240305_clear.tif"},
+          {"path": "s2/20240410.tif", "time": "2024-04-10T10:30:51Z"}
+        ],
+        "sentinel1": [{"path": "s1/20240307.tif", "time": "2024-03-07T17:45:00Z"}]
+      }
+    }
+
+Each frame is a GeoTIFF with the source's bands in registry order (``aef.sources``), all frames on
+one grid (same size, CRS and transform). A pixel is invalid where any band is NaN or equals the
+file's nodata value, or where the optional single-band ``mask`` raster is 0 (nonzero = clear).
+
+``.npz`` scene: ``<source>/data`` (N, H, W, C) float, ``<source>/timestamps`` (N,) int64 epoch ms,
+optionally ``<source>/mask`` (N, H, W) or (N,) bool (True = valid), and optionally ``crs`` (WKT or
+"EPSG:xxxx") and ``transform`` (the six affine coefficients a, b, c, d, e, f). An ``.npz`` scene is
+loaded whole; use a manifest for large scenes.
+
+rasterio is an optional dependency (the ``geo`` extra); everything that needs it says so clearly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import sources as _sources
+
+EMBED_DIM = 64
+BAND_NAMES = tuple(f"A{i:02d}" for i in range(EMBED_DIM))
+INSTALL_HINT = "pip install 'aef-kernels[geo]'"
+
+
+class SceneError(ValueError):
+    """A scene, manifest or raster that cannot be used, with a message that says why."""
+
+
+def require_rasterio():
+    """Import rasterio or raise a :class:`SceneError` naming the extra to install."""
+    try:
+        import rasterio
+    except ImportError as e:
+        raise SceneError(f"reading and writing GeoTIFFs needs rasterio: {INSTALL_HINT}") from e
+    return rasterio
+
+
+# ---------------------------------------------------------------- times
+
+def parse_time(value: str, what: str = "time") -> int:
+    """ISO 8601 date or date-time -> epoch milliseconds (int). A time without a zone is UTC."""
+    if not isinstance(value, str):
+        raise SceneError(f"{what}: expected an ISO 8601 string, got {value!r}")
+    try:
+        t = _dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise SceneError(f"{what}: {value!r} is not an ISO 8601 date or time "
+                         "(e.g. 2024-03-05 or 2024-03-05T10:31:02Z)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return int(round(t.timestamp() * 1000))
+
+
+def format_time(ms: int) -> str:
+    """Epoch milliseconds -> ISO 8601 UTC string."""
+    t = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def calendar_year(ms: int) -> tuple[int, int]:
+    """[1 January, next 1 January) in epoch ms of the UTC calendar year containing ``ms``."""
+    year = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc).year
+    return parse_time(f"{year}-01-01"), parse_time(f"{year + 1}-01-01")
+
+
+# ---------------------------------------------------------------- scenes
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid of a scene: size, and the CRS/affine transform (None where not georeferenced)."""
+
+    height: int
+    width: int
+    crs: object = None
+    transform: object = None
+
+
+def _window_bounds(start: int, size: int, limit: int) -> tuple[int, int, int, int]:
+    """Clip [start, start+size) to [0, limit): (source lo, source hi, dest lo, dest hi)."""
+    lo, hi = max(start, 0), min(start + size, limit)
+    return lo, max(hi, lo), lo - start, max(hi, lo) - start
+
+
+class Scene:
+    """Base class: frames of several sources on one grid, read by window."""
+
+    grid: Grid
+    timestamps: dict[str, np.ndarray]  # source -> (N,) int64 epoch ms
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        return tuple(self.timestamps)
+
+    def read(self, name: str, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames of ``name`` over rows [row, row+height), cols [col, col+width).
+
+        Returns data (N, height, width, C) float32 and validity (N, height, width) bool. The window
+        may extend past the scene: pixels outside are NaN and invalid. Invalid pixels are NaN.
+        """
+        n = len(self.timestamps[name])
+        c = _sources.get(name).channels
+        data = np.full((n, height, width, c), np.nan, dtype=np.float32)
+        valid = np.zeros((n, height, width), dtype=bool)
+        r0, r1, dr0, dr1 = _window_bounds(row, height, self.grid.height)
+        c0, c1, dc0, dc1 = _window_bounds(col, width, self.grid.width)
+        if r1 > r0 and c1 > c0:
+            d, v = self._read_inside(name, r0, r1, c0, c1)
+            v = v & np.isfinite(d).all(axis=-1)
+            data[:, dr0:dr1, dc0:dc1] = np.where(v[..., None], d, np.float32(np.nan))
+            valid[:, dr0:dr1, dc0:dc1] = v
+        return data, valid
+
+    def _read_inside(self, name, r0, r1, c0, c1) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _check_source(name: str, where: str) -> _sources.Source:
+    src = _sources.REGISTRY.get(name)
+    if src is None:
+        raise SceneError(f"{where}: unknown source {name!r}; known sources: {', '.join(_sources.REGISTRY)}")
+    if not src.is_input:
+        raise SceneError(f"{where}: {name!r} is a training target, not a model input; input sources: "
+                         f"{', '.join(_sources.INPUT_SOURCES)}")
+    return src
+
+
+class NpzScene(Scene):
+    def __init__(self, path: Path):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise SceneError(f"{path}: not a readable .npz file ({e})") from None
+        names = sorted({k.split("/", 1)[0] for k in arrays if "/" in k})
+        if not names:
+            raise SceneError(f"{path}: no '<source>/data' arrays in this .npz scene")
+        self.timestamps, self._data, self._masks = {}, {}, {}
+        shape = None
+        for name in names:
+            src = _check_source(name, str(path))
+            for key in ("data", "timestamps"):
+                if f"{name}/{key}" not in arrays:
+                    raise SceneError(f"{path}: missing array '{name}/{key}'")
+            d, t = arrays[f"{name}/data"], arrays[f"{name}/timestamps"]
+            if d.ndim != 4 or d.shape[-1] != src.channels or not np.issubdtype(d.dtype, np.floating):
+                raise SceneError(f"{path}: '{name}/data' must be float (N, H, W, {src.channels}), "
+                                 f"got {d.dtype} {d.shape}")
+            if t.shape != (d.shape[0],) or t.dtype.kind not in "iu":
+                raise SceneError(f"{path}: '{name}/timestamps' must be int64 epoch ms of shape "
+                                 f"({d.shape[0]},), got {t.dtype} {t.shape}")
+            if shape is None:
+                shape = d.shape[1:3]
+            elif d.shape[1:3] != shape:
+                raise SceneError(f"{path}: '{name}/data' is {d.shape[1]}x{d.shape[2]} pixels, the other "
+                                 f"sources {shape[0]}x{shape[1]}; all sources must share one grid")
+            m = arrays.get(f"{name}/mask")
+            if m is None:
+                m = np.ones(d.shape[:3], dtype=bool)
+            elif m.shape == d.shape[:1]:
+                m = np.broadcast_to(m.astype(bool)[:, None, None], d.shape[:3])
+            elif m.shape == d.shape[:3]:
+                m = m.astype(bool)
+            else:
+                raise SceneError(f"{path}: '{name}/mask' must be (N,) or (N, H, W) = {d.shape[:3]}, got {m.shape}")
+            self.timestamps[name] = t.astype(np.int64)
+            self._data[name], self._masks[name] = d.astype(np.float32, copy=False), m
+        crs = str(arrays["crs"]) if "crs" in arrays else None
+        transform = None
+        if "transform" in arrays:
+            coeffs = np.asarray(arrays["transform"], dtype=np.float64).ravel()
+            if coeffs.size != 6:
+                raise SceneError(f"{path}: 'transform' must hold the 6 affine coefficients a, b, c, d, e, f")
+            transform = tuple(coeffs.tolist())
+        self.grid = Grid(int(shape[0]), int(shape[1]), crs, transform)
+
+    def _read_inside(self, name, r0, r1, c0, c1):
+        return self._data[name][:, r0:r1, c0:c1], self._masks[name][:, r0:r1, c0:c1]
+
+
+class ManifestScene(Scene):
+    def __init__(self, path: Path):
+        rasterio = require_rasterio()
+        self._path = path
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SceneError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SceneError(f"{path}: cannot read the manifest ({e})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("sources"), dict) or not manifest["sources"]:
+            raise SceneError(f"{path}: expected an object with a non-empty \"sources\" object mapping source "
+                             "names to lists of frames")
+        self._frames: dict[str, list] = {}
+        self.timestamps = {}
+        self.grid = None
+        self._open = []
+        try:
+            for name, frames in manifest["sources"].items():
+                where = f"{path}: sources.{name}"
+                src = _check_source(name, where)
+                if not isinstance(frames, list) or not frames:
+                    raise SceneError(f"{where}: expected a non-empty list of frames")
+                times, opened = [], []
+                for i, frame in enumerate(frames):
+                    fwhere = f"{where}[{i}]"
+                    if not isinstance(frame, dict) or "path" not in frame or "time" not in frame:
+                        raise SceneError(f"{fwhere}: expected an object with \"path\" and \"time\"")
+                    times.append(parse_time(frame["time"], f"{fwhere}.time"))
+                    ds = self._open_raster(rasterio, frame["path"], f"{fwhere}.path")
+                    if ds.count != src.channels:
+                        raise SceneError(f"{fwhere}.path: {ds.name} has {ds.count} bands; {name} needs "
+                                         f"{src.channels} ({', '.join(src.bands)})")
+                    mask = None
+                    if frame.get("mask") is not None:
+                        mask = self._open_raster(rasterio, frame["mask"], f"{fwhere}.mask")
+                        if mask.count != 1:
+                            raise SceneError(f"{fwhere}.mask: {mask.name} must have 1 band, has {mask.count}")
+                    opened.append((ds, mask))
+                self._frames[name] = opened
+                self.timestamps[name] = np.asarray(times, dtype=np.int64)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_raster(self, rasterio, rel: str, where: str):
+        if not isinstance(rel, str):
+            raise SceneError(f"{where}: expected a file path, got {rel!r}")
+        p = Path(rel) if os.path.isabs(rel) else self._path.parent / rel
+        if not p.is_file():
+            raise SceneError(f"{where}: {p} does not exist")
+        try:
+            ds = rasterio.open(p)
+        except rasterio.errors.RasterioError as e:
+            raise SceneError(f"{where}: {p} is not a readable raster ({e})") from None
+        self._open.append(ds)
+        grid = Grid(ds.height, ds.width, ds.crs, ds.transform)
+        if self.grid is None:
+            self.grid = grid
+        elif grid != self.grid:
+            raise SceneError(f"{where}: {p} is on another grid ({ds.width}x{ds.height}, {ds.crs}, "
+                             f"{tuple(ds.transform)[:6]}) than the first frame ({self.grid.width}x"
+                             f"{self.grid.height}, {self.grid.crs}, {tuple(self.grid.transform)[:6]}); "
+                             "all frames must share one grid")
+        return ds
+
+    def _read_inside(self, name, r0, r1, c0, c1):
+        from rasterio.windows import Window
+
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        frames = self._frames[name]
+        data = np.empty((len(frames), r1 - r0, c1 - c0, _sources.get(name).channels), dtype=np.float32)
+        valid = np.empty((len(frames), r1 - r0, c1 - c0), dtype=bool)
+        for i, (ds, mask) in enumerate(frames):
+            d = np.moveaxis(ds.read(window=win).astype(np.float32, copy=False), 0, -1)
+            v = np.ones(d.shape[:2], dtype=bool)
+            if ds.nodata is not None and not math.isnan(ds.nodata):
+                v &= ~(d == np.float32(ds.nodata)).any(axis=-1)
+            if mask is not None:
+                v &= mask.read(1, window=win) != 0
+            data[i], valid[i] = d, v
+        return data, valid
+
+    def close(self):
+        for ds in self._open:
+            ds.close()
+        self._open = []
+
+
+def open_scene(path) -> Scene:
+    """Open a scene from a JSON manifest or an ``.npz`` file, validating it with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise SceneError(f"{path}: no such scene file")
+    if path.suffix.lower() == ".npz":
+        return NpzScene(path)
+    if path.suffix.lower() == ".json":
+        return ManifestScene(path)
+    raise SceneError(f"{path}: a scene is a JSON manifest (.json) or an .npz file")
+
+
+# ---------------------------------------------------------------- embedding rasters
+
+def create_raster(path, grid: Grid, count: int, dtype: str, nodata, descriptions=None, tags=None):
+    """Open a new tiled, compressed GeoTIFF for windowed writing on ``grid``."""
+    rasterio = require_rasterio()
+    from rasterio.transform import Affine
+
+    transform = grid.transform
+    if transform is not None and not isinstance(transform, Affine):
+        transform = Affine(*transform[:6])
+    profile = dict(driver="GTiff", height=grid.height, width=grid.width, count=count, dtype=dtype,
+                   nodata=nodata, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                   BIGTIFF="IF_SAFER")
+    if grid.crs is not None:
+        profile["crs"] = grid.crs
+    if transform is not None:
+        profile["transform"] = transform
+    try:
+        with warnings.catch_warnings():
+            # An .npz scene may have no georeferencing; the raster then has none either, as intended.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path, "w", **profile)
+    except rasterio.errors.RasterioError as e:
+        raise SceneError(f"{path}: cannot create the output raster ({e})") from None
+    if descriptions:
+        for i, d in enumerate(descriptions, 1):
+            ds.set_band_description(i, d)
+    if tags:
+        ds.update_tags(**{k: str(v) for k, v in tags.items()})
+    return ds

@@ -1,0 +1,197 @@
+"""The AEF model (AEF_MODEL.md §2): projectors, STP encoder, summarizer, vMF head, decoders, text adapter.
+
+    model = AEF("small")
+    emb = model.embed(source_data, timestamps, valid_periods, masks)  # (B, L, L, 64) or (B, Q, L, L, 64)
+    out = model.train()(source_data, timestamps, valid_periods, masks, targets={...})
+    out["losses"]["total"].backward()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from aef_kernels import dispatch as _dispatch
+
+from . import sources as _sources
+from .config import AEFConfig
+from .encoder import STPEncoder
+from .heads import DepthToSpaceUpsample, ImplicitDecoder, TextAdapter, VMFMeanHead, sample_vmf
+from .inputs import PeriodsLike, prepare_inputs, prepare_periods
+from .projectors import SourceProjectors
+from .summarizer import Summarizer
+from .timecode import check_epoch_ms, fraction_code, period_timecode, position_in_period, timecode
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Encoded:
+    """The encoder's output for a batch, ready to be summarised for any periods."""
+
+    fused: torch.Tensor  # (B, T, L/2, L/2, d_p)
+    frame_tc: torch.Tensor  # (B, T, tc)
+    mask: torch.Tensor  # (B, T, L/2, L/2) bool, True = valid
+
+    def __getitem__(self, index) -> "Encoded":
+        """Select samples along the batch dimension."""
+        return Encoded(self.fused[index], self.frame_tc[index], self.mask[index])
+
+    def pixel_valid(self) -> torch.Tensor:
+        """(B, L, L) bool: full-resolution pixels with at least one valid frame."""
+        m = self.mask.any(dim=1)  # (B, L/2, L/2)
+        return m.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+
+
+class AEF(nn.Module):
+    """AlphaEarth Foundations.
+
+    ``AEF(model_size="small", input_sources=None, decode_sources=None, backend="auto", **overrides)``:
+    ``model_size`` is a preset name (or an :class:`AEFConfig`); ``input_sources``/``decode_sources``
+    map source names to channel counts (default: sentinel2, sentinel1, landsat as inputs, every
+    registered target source decoded); ``overrides`` are AEFConfig fields. ``backend`` names the
+    ``aef_kernels`` backend of every kernel call; "auto" (or None) defers to ``K.use_backend`` and
+    ``AEF_KERNELS_BACKEND``, a named backend is forced.
+    """
+
+    def __init__(self, model_size: Union[str, AEFConfig] = "small",
+                 input_sources: Optional[Mapping[str, int]] = None,
+                 decode_sources: Optional[Mapping[str, int]] = None,
+                 backend: Optional[str] = "auto", **overrides):
+        super().__init__()
+        if input_sources is not None:
+            overrides["input_sources"] = dict(input_sources)
+        if decode_sources is not None:
+            overrides["decode_sources"] = dict(decode_sources)
+        if isinstance(model_size, AEFConfig):
+            config = model_size.replace(**overrides)
+        else:
+            config = AEFConfig.from_preset(model_size, **overrides)
+        _dispatch.requested_backend(backend)  # validates the name
+        c = self.config = config
+        self.backend = None if backend in (None, "auto") else backend
+        self.input_specs = {n: _sources.spec(n, k, "input") for n, k in c.input_sources.items()}
+        self.decode_specs = {n: _sources.spec(n, k, "target") for n, k in c.decode_sources.items()}
+        self.projectors = SourceProjectors(c)
+        self.encoder = STPEncoder(c, self.backend)
+        self.summarizer = Summarizer(c, self.backend)
+        self.upsample = DepthToSpaceUpsample(c.d_p)
+        self.head = VMFMeanHead(c.d_p, c.embed_dim, c.norm_eps, self.backend)
+        self.decoders = nn.ModuleDict({
+            n: ImplicitDecoder(c.embed_dim, 1 + 2 * c.decoder_time_freqs, s.metadata_size, s.channels,
+                               c.decoder_hidden)
+            for n, s in self.decode_specs.items()
+        })
+        self.text_adapter = TextAdapter(c.text_dim, 3 * c.timecode_dim, c.text_hidden, c.embed_dim, self.backend)
+        # CLIP's learned temperature: ln(1 / 0.07) at the start, clamped at ln(100) where used.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @classmethod
+    def from_config(cls, config: AEFConfig, backend: Optional[str] = "auto") -> "AEF":
+        return cls(config, backend=backend)
+
+    # Timecodes with this model's periods.
+    def timecode(self, t_ms: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return timecode(t_ms, c.timecode_periods, c.timecode_min_days, c.timecode_max_days)
+
+    def period_code(self, periods: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return period_timecode(periods, c.timecode_periods, c.timecode_min_days, c.timecode_max_days)
+
+    def encode(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
+               masks: Optional[Mapping[str, torch.Tensor]] = None) -> Encoded:
+        """Per source (B, N_i, L, L, C_i) data, (B, N_i) epoch-ms times, optional (B, N_i[, L, L]) masks.
+
+        Decoded-only sources in the dicts are ignored here.
+        """
+        inputs = prepare_inputs(source_data, timestamps, masks, self.input_specs, known=tuple(self.decode_specs))
+        x_p0, times, mask = self.projectors(inputs)  # (B, T, L/2, L/2, d_p), (B, T), (B, T, L/2, L/2)
+        frame_tc = self.timecode(times)  # (B, T, tc)
+        return Encoded(self.encoder(x_p0, frame_tc, mask), frame_tc, mask)
+
+    def summarize(self, encoded: Encoded, periods: torch.Tensor) -> torch.Tensor:
+        """periods (B, Q, 2) epoch ms (float64/int64) -> mu (B, Q, L, L, embed_dim), unit vectors."""
+        check_epoch_ms("periods", periods)
+        summary = self.summarizer(encoded.fused, encoded.frame_tc, self.period_code(periods),
+                                  encoded.mask)  # (B, Q, L/2, L/2, d_p)
+        return self.head(self.upsample(summary))  # (B, Q, L, L, e)
+
+    def _embeddings(self, encoded: Encoded, valid_periods: PeriodsLike) -> torch.Tensor:
+        periods, single = prepare_periods(valid_periods, encoded.fused.shape[0], encoded.fused.device)
+        mu = self.summarize(encoded, periods)
+        return mu[:, 0] if single else mu
+
+    def embed(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
+              valid_periods: PeriodsLike, masks: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        """float32 unit vectors mu: (B, L, L, 64) for one period per sample ((B, 2) or a list of
+        (start, end)), (B, Q, L, L, 64) for (B, Q, 2) periods."""
+        return self._embeddings(self.encode(source_data, timestamps, masks), valid_periods).float()
+
+    def forward(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
+                valid_periods: PeriodsLike, masks: Optional[Mapping[str, torch.Tensor]] = None,
+                targets: Optional[Mapping[str, torch.Tensor]] = None,
+                metadata: Optional[Mapping[str, torch.Tensor]] = None,
+                text: Optional[Mapping[str, torch.Tensor]] = None,
+                generator: Optional[torch.Generator] = None) -> dict:
+        """{"embeddings": mu} (shapes as :meth:`embed`). In training mode with ``targets`` (a dict, may
+        be empty) it runs the pretraining objective of AEF_MODEL.md §3 (see
+        :func:`aef.objective.pretraining_step`) and adds ``teacher_embeddings``,
+        ``student_embeddings``, ``reconstructions`` and ``losses`` (every term and ``total``).
+
+        ``targets``: decoded sources' frames (B, N, L, L, C), their times and masks in ``timestamps``
+        and ``masks``; decoded-only sources found in ``source_data`` are targets too, and decoded
+        input sources are reconstructed from their own frames. ``metadata``: per source (B, N, m).
+        ``text``: {"vectors": (B, D), "pixel": (B, 2) long, "valid": (B,) bool}.
+        """
+        if not (self.training and targets is not None):
+            return {"embeddings": self._embeddings(self.encode(source_data, timestamps, masks), valid_periods)}
+        from .objective import pretraining_step
+
+        return pretraining_step(self, source_data, timestamps, valid_periods, masks, targets, metadata, text,
+                                generator)
+
+    def sample(self, mu: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The vMF bottleneck: z ~ vMF(mu, kappa) in training mode, mu itself in evaluation mode."""
+        return sample_vmf(mu, self.config.kappa, generator) if self.training else mu
+
+    def decode(self, source: str, z: torch.Tensor, target_time: torch.Tensor, period: torch.Tensor,
+               metadata: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z (B, L, L, e), target_time (B,) and period (B, 2) in epoch ms, metadata (B, m) or None ->
+        (B, L, L, C) values (or logits for a categorical source)."""
+        if source not in self.decoders:
+            raise ValueError(f"decode: no decoder for {source!r} (decoded sources: {', '.join(self.decoders)})")
+        check_epoch_ms("target_time", target_time)
+        code = fraction_code(position_in_period(target_time, period), self.config.decoder_time_freqs)
+        return self.decoders[source](z, code, metadata)
+
+    def embed_text(self, text: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
+        """Precomputed text vectors (B, text_dim) for periods (B, 2) -> (B, e) unit vectors."""
+        return self.text_adapter(text, self.period_code(period))
+
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
+        """Weights as safetensors and the config as JSON, side by side in ``directory``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike], backend: Optional[str] = "auto") -> "AEF":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        config = AEFConfig.from_dict(json.loads((d / CONFIG_FILE).read_text()))
+        model = cls.from_config(config, backend=backend)
+        model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+        return model

@@ -1,0 +1,423 @@
+"""Triton axial time attention, forward and backward (KERNELS.md §4).
+
+A *sequence* is one (b, h, w, head): its queries and keys are the frames of one pixel and head. q, k
+and v are read in place from their (B, T, H, W, heads, d) strides (slices of one fused QKV tensor
+included); o, dq, dk and dv are written contiguous. Sequences go on grid axis 0 with int64 index
+math, so neither the 65,535 limit of the other grid axes nor 2^31 elements bound the problem.
+
+Two paths, picked per call from (T, Tq):
+
+- **Single tile** (T <= 64 and Tq <= 64): a program takes ``seqs`` whole sequences and packs their
+  queries into one BLOCK_M x d tile and their keys into one BLOCK_N x d tile, so that ``tl.dot``
+  works on >= 16 x 16 tiles even for T = 3. Scores between different sequences are masked out (the
+  block-diagonal costs FLOPs, but at these sizes the kernel is bound by memory, not by the tensor
+  cores). The whole score tile lives in registers: a plain softmax, no online rescaling.
+- **Key loop** (otherwise): a program takes BLOCK_M queries of one sequence and loops over its keys
+  in blocks of BLOCK_N with the online softmax.
+
+The forward saves the float32 log-sum-exp, shape (B, Tq, H, W, heads). The backward first computes
+delta = rowsum(dO * O) in its own small kernel, then:
+
+- single tile: one program per group of sequences computes dq, dk and dv of its sequences at once;
+- key loop: each sequence gets two programs, one accumulating dk and dv over the query blocks, the
+  other dq over the key blocks (recomputing the probabilities).
+
+Either way every gradient element has exactly one writer: no atomics, bitwise deterministic.
+
+A query whose keys are all masked gets o = 0 and lse = +inf, so the recomputed probabilities in the
+backward are exp(s - inf) = 0 and its gradients vanish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from .. import dispatch
+from ..checks import kernel_dtype_reasons
+from .aot import AOTSpec, make_spec
+from .common import device_reasons
+from .sphere import launch
+
+HEAD_DIMS = (16, 32, 64, 128)
+SINGLE_TILE_MAX_T = 64
+# Rows and columns of the score tile. 64 x 64 keeps the backward's three accumulators and four
+# operand tiles in registers; for d = 128 the backward gets twice the warps.
+TILE = 64
+DELTA_ROWS = 32
+NUM_WARPS_FWD = 4
+# Sequence indices are split in int32 and sequences sit on grid axis 0 (at most 2^31 - 1 programs).
+MAX_SEQUENCES = 2**31 - 1
+LOG2E = 1.4426950408889634
+_TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# fp32 inputs keep fp32 accuracy on the tensor cores through three TF32 products per dot.
+_DOT_PRECISION = {"fp32": "tf32x3", "fp16": "tf32", "bf16": "tf32"}
+
+
+@triton.jit
+def _split_sequence(s, HWN, NH, W):
+    """Sequence index -> (b, (h*W + w)*NH + head, h, w, head), split in int32 (fewer registers; the
+    launcher keeps S below 2^31), returned as int64 for offset math past 2^31 elements."""
+    b = s // HWN
+    hwn = s - b * HWN
+    hw = hwn // NH
+    n = hwn - hw * NH
+    h = hw // W
+    w = hw - h * W
+    return b.to(tl.int64), hwn.to(tl.int64), h.to(tl.int64), w.to(tl.int64), n.to(tl.int64)
+
+
+@triton.jit
+def _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t, T, skt, svt, smt, dd):
+    """Key and value rows at times c_t: which exist, which may be attended to (only those are read)."""
+    in_range = seq_ok & (c_t < T)
+    col_ok = in_range & (tl.load(mask_ptr + m_base + c_t * smt, mask=in_range, other=0) != 0)
+    k = tl.load(k_ptr + (k_base + c_t * skt)[:, None] + dd[None, :], mask=col_ok[:, None], other=0.0)
+    v = tl.load(v_ptr + (v_base + c_t * svt)[:, None] + dd[None, :], mask=col_ok[:, None], other=0.0)
+    return in_range, col_ok, k, v
+
+
+@triton.jit
+def _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r, seq_ok, r_t, Tq, HWN, sqt, dd,
+                  BLOCK_D: tl.constexpr):
+    """What the backward needs of the queries at times r_t; lse comes back in base 2."""
+    row_ok = seq_ok & (r_t < Tq)
+    row = (b_r * Tq + r_t) * HWN + hwn_r
+    q = tl.load(q_ptr + (q_base + r_t * sqt)[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(do_ptr + (row * BLOCK_D)[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
+    lse2 = tl.load(lse_ptr + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(delta_ptr + row, mask=row_ok, other=0.0)
+    return row_ok, row, q, do, lse2, delta
+
+
+@triton.jit
+def _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION: tl.constexpr):
+    """Recomputed probabilities P and dS = P * (dO V^T - delta), both (queries x keys)."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    p = tl.where(valid, tl.exp2(s - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr,
+    S, Tq, T, HWN, NH, W,
+    sqb, sqt, sqh, sqw, sqn,
+    skb, skt, skh, skw, skn,
+    svb, svt, svh, svw, svn,
+    smb, smt, smh, smw,
+    qk_scale, seqs, qrows, kcols, n_qblocks, single,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    group = pid // n_qblocks
+    qblock = pid - group * n_qblocks
+    dd = tl.arange(0, BLOCK_D)
+
+    r = tl.arange(0, BLOCK_M)
+    r_seq = r // qrows
+    r_t = (qblock * qrows + (r - r_seq * qrows)).to(tl.int64)
+    s_r = group * seqs + r_seq
+    row_ok = (r_seq < seqs) & (s_r < S) & (r_t < Tq)
+    b_r, hwn_r, h_r, w_r, n_r = _split_sequence(s_r, HWN, NH, W)
+    q_off = b_r * sqb + r_t * sqt + h_r * sqh + w_r * sqw + n_r * sqn
+    q = tl.load(q_ptr + q_off[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
+
+    c = tl.arange(0, BLOCK_N)
+    c_seq = c // kcols
+    c_t0 = (c - c_seq * kcols).to(tl.int64)
+    s_c = group * seqs + c_seq
+    seq_ok = (c_seq < seqs) & (s_c < S)
+    b_c, hwn_c, h_c, w_c, n_c = _split_sequence(s_c, HWN, NH, W)
+    k_base = b_c * skb + h_c * skh + w_c * skw + n_c * skn
+    v_base = b_c * svb + h_c * svh + w_c * svw + n_c * svn
+    m_base = b_c * smb + h_c * smh + w_c * smw
+    same_seq = r_seq[:, None] == c_seq[None, :]
+
+    if single:
+        _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t0, T, skt, svt, smt, dd)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(same_seq & col_ok[None, :], s, float("-inf"))
+        m_i = tl.max(s, axis=1)
+        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start in range(0, T, kcols):
+            _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, start + c_t0, T,
+                                      skt, svt, smt, dd)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(same_seq & col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+
+    has_key = l_i > 0.0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    o = tl.where(has_key[:, None], acc / l_safe[:, None], 0.0)
+    # Natural-log LSE; +inf for a query without keys makes its backward probabilities exactly 0.
+    lse = tl.where(has_key, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))
+    row = (b_r * Tq + r_t) * HWN + hwn_r
+    tl.store(o_ptr + (row * BLOCK_D)[:, None] + dd[None, :], o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(lse_ptr + row, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, n_rows, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dd = tl.arange(0, BLOCK_D)
+    ok = rows < n_rows
+    offs = (rows * BLOCK_D)[:, None] + dd[None, :]
+    o = tl.load(o_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + offs, mask=ok[:, None], other=0.0).to(tl.float32)
+    tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=ok)
+
+
+@triton.jit
+def _attn_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    S, Tq, T, HWN, NH, W,
+    sqb, sqt, sqh, sqw, sqn,
+    skb, skt, skh, skw, skn,
+    svb, svt, svh, svw, svn,
+    smb, smt, smh, smw,
+    scale, seqs, qrows, kcols, single,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    # The key loop gives each sequence group two programs: phase 0 for dk and dv, phase 1 for dq.
+    group = pid // (2 - single)
+    phase = pid - group * (2 - single)
+    qk_scale = scale * 1.4426950408889634
+    dd = tl.arange(0, BLOCK_D)
+
+    r = tl.arange(0, BLOCK_M)
+    r_seq = r // qrows
+    r_t0 = (r - r_seq * qrows).to(tl.int64)
+    s_r = group * seqs + r_seq
+    seq_r_ok = (r_seq < seqs) & (s_r < S)
+    b_r, hwn_r, h_r, w_r, n_r = _split_sequence(s_r, HWN, NH, W)
+    q_base = b_r * sqb + h_r * sqh + w_r * sqw + n_r * sqn
+
+    c = tl.arange(0, BLOCK_N)
+    c_seq = c // kcols
+    c_t0 = (c - c_seq * kcols).to(tl.int64)
+    s_c = group * seqs + c_seq
+    seq_c_ok = (c_seq < seqs) & (s_c < S)
+    b_c, hwn_c, h_c, w_c, n_c = _split_sequence(s_c, HWN, NH, W)
+    k_base = b_c * skb + h_c * skh + w_c * skw + n_c * skn
+    v_base = b_c * svb + h_c * svh + w_c * svw + n_c * svn
+    m_base = b_c * smb + h_c * smh + w_c * smw
+    same_seq = r_seq[:, None] == c_seq[None, :]
+
+    if single:
+        row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r,
+                                                        seq_r_ok, r_t0, Tq, HWN, sqt, dd, BLOCK_D)
+        in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt, svt, smt, dd)
+        p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale, DOT_PRECISION)
+        ds = ds.to(q.dtype)
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+        dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale
+        dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * scale
+        col = (b_c * T + c_t0) * HWN + hwn_c
+        tl.store(dq_ptr + (row * BLOCK_D)[:, None] + dd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(dk_ptr + (col * BLOCK_D)[:, None] + dd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=in_range[:, None])
+        tl.store(dv_ptr + (col * BLOCK_D)[:, None] + dd[None, :], dv.to(dv_ptr.dtype.element_ty), mask=in_range[:, None])
+    elif phase == 0:
+        # dk, dv of one key block at a time, summed over every query block of the sequence.
+        for kstart in range(0, T, kcols):
+            c_t = kstart + c_t0
+            in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t, T, skt, svt,
+                                      smt, dd)
+            dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            for qstart in range(0, Tq, qrows):
+                row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r,
+                                                                hwn_r, seq_r_ok, qstart + r_t0, Tq, HWN, sqt, dd,
+                                                                BLOCK_D)
+                p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale,
+                                           DOT_PRECISION)
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+            col = (b_c * T + c_t) * HWN + hwn_c
+            tl.store(dk_ptr + (col * BLOCK_D)[:, None] + dd[None, :], (dk * scale).to(dk_ptr.dtype.element_ty),
+                     mask=in_range[:, None])
+            tl.store(dv_ptr + (col * BLOCK_D)[:, None] + dd[None, :], dv.to(dv_ptr.dtype.element_ty),
+                     mask=in_range[:, None])
+    else:
+        # dq of one query block at a time, summed over every key block of the sequence.
+        for qstart in range(0, Tq, qrows):
+            row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r,
+                                                            seq_r_ok, qstart + r_t0, Tq, HWN, sqt, dd, BLOCK_D)
+            dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            for kstart in range(0, T, kcols):
+                _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, kstart + c_t0,
+                                          T, skt, svt, smt, dd)
+                p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale,
+                                           DOT_PRECISION)
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            tl.store(dq_ptr + (row * BLOCK_D)[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+                     mask=row_ok[:, None])
+
+
+@dataclass(frozen=True)
+class _Config:
+    """How a call is tiled: ``seqs`` sequences per program, each with ``qrows`` query rows and
+    ``kcols`` key columns of the BLOCK_M x BLOCK_N score tile."""
+
+    single: bool
+    seqs: int
+    qrows: int
+    kcols: int
+
+
+def _config(Tq: int, T: int) -> _Config:
+    if T <= SINGLE_TILE_MAX_T and Tq <= SINGLE_TILE_MAX_T:
+        seqs = TILE // max(triton.next_power_of_2(Tq), triton.next_power_of_2(T))
+        # Short query sets (the summarizer) still get TILE // seqs rows each, the rest padding.
+        return _Config(True, seqs, TILE // seqs, TILE // seqs)
+    return _Config(False, 1, TILE, TILE)
+
+
+def _num_warps_bwd(d: int) -> int:
+    # The backward holds three accumulators; at d = 128 they need twice the threads to stay in registers.
+    return 8 if d == 128 else 4
+
+
+def _mask_args(mask: Optional[torch.Tensor], q: torch.Tensor):
+    """The mask tensor the kernels read and its (b, t, h, w) strides; None becomes all-valid."""
+    if mask is None:
+        return torch.ones((1,), dtype=torch.bool, device=q.device), (0, 0, 0, 0)
+    if mask.dim() == 2:
+        return mask, (mask.stride(0), mask.stride(1), 0, 0)
+    return mask, tuple(mask.stride())
+
+
+def _layout_args(q, k, v, mask_strides):
+    B, Tq, H, W, NH, d = q.shape
+    T = k.shape[1]
+    S = B * H * W * NH
+    strides = [x.stride(i) for x in (q, k, v) for i in (0, 1, 2, 3, 4)]
+    return (S, Tq, T, H * W * NH, NH, W, *strides, *mask_strides)
+
+
+@triton_op("aef_kernels::axial_time_attention_fwd", mutates_args=())
+def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             key_padding_mask: Optional[torch.Tensor], scale: float
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns o (B, Tq, H, W, heads, d) and the float32 log-sum-exp (B, Tq, H, W, heads)."""
+    B, Tq, H, W, NH, d = q.shape
+    T = k.shape[1]
+    o = torch.empty((B, Tq, H, W, NH, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
+    S = B * H * W * NH
+    if S == 0 or Tq == 0:
+        return o, lse
+    cfg = _config(Tq, T)
+    mask, mask_strides = _mask_args(key_padding_mask, q)
+    n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
+    grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
+    launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
+           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), BLOCK_M=TILE,
+           BLOCK_N=TILE, BLOCK_D=d, DOT_PRECISION=_DOT_PRECISION[_TL_DTYPES[q.dtype]],
+           num_warps=NUM_WARPS_FWD)
+    return o, lse
+
+
+@triton_op("aef_kernels::axial_time_attention_bwd", mutates_args=())
+def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             o: torch.Tensor, lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, Tq, H, W, NH, d = q.shape
+    T = k.shape[1]
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    S = B * H * W * NH
+    if S == 0 or Tq == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    do = grad.contiguous()
+    n_rows = S * Tq
+    delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
+    launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, BLOCK_R=DELTA_ROWS,
+           BLOCK_D=d)
+    cfg = _config(Tq, T)
+    mask, mask_strides = _mask_args(key_padding_mask, q)
+    groups = triton.cdiv(S, cfg.seqs)
+    launch(_attn_bwd_kernel, (groups if cfg.single else 2 * groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
+           *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, int(cfg.single),
+           BLOCK_M=TILE, BLOCK_N=TILE, BLOCK_D=d, DOT_PRECISION=_DOT_PRECISION[_TL_DTYPES[q.dtype]],
+           num_warps=_num_warps_bwd(d))
+    return dq, dk, dv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, scale = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, key_padding_mask)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_o, grad_lse):
+    q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = axial_time_attention_bwd(grad_o, q, k, v, o, lse, key_padding_mask, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+axial_time_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _reasons(q, k, v, key_padding_mask, scale) -> list[str]:
+    reasons = device_reasons(q, k, v, key_padding_mask) + kernel_dtype_reasons(q, k, v)
+    B, _, H, W, NH, d = q.shape
+    if B * H * W * NH > MAX_SEQUENCES:
+        reasons.append(f"{B * H * W * NH} sequences (B*H*W*heads) exceed {MAX_SEQUENCES}")
+    if d not in HEAD_DIMS:
+        reasons.append(f"head dim {d} is not supported (supported: {', '.join(map(str, HEAD_DIMS))})")
+    return reasons
+
+
+@dispatch.register("axial_time_attention", "triton", reasons=_reasons)
+def axial_time_attention(q, k, v, key_padding_mask, scale):
+    return axial_time_attention_fwd(q, k, v, key_padding_mask, scale)[0]
+
+
+def aot_specs() -> list[AOTSpec]:
+    """Every kernel variant the launchers can pick: head dim x dtype for the forward, the backward and
+    delta. Tile shapes are fixed; the path and the packing of sequences into a tile are runtime
+    arguments, so one compiled kernel covers both paths."""
+    specs = []
+    for t in _TL_DTYPES.values():
+        io = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": "*i1", "lse_ptr": "*fp32"}
+        grads = {"do_ptr": f"*{t}", "delta_ptr": "*fp32", "dq_ptr": f"*{t}", "dk_ptr": f"*{t}", "dv_ptr": f"*{t}"}
+        for d in HEAD_DIMS:
+            blocks = {"BLOCK_M": TILE, "BLOCK_N": TILE, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t]}
+            specs += [
+                make_spec(f"attention_fwd_{t}_d{d}", _attn_fwd_kernel, {**io, "o_ptr": f"*{t}"}, blocks,
+                          floats=("qk_scale",), num_warps=NUM_WARPS_FWD),
+                make_spec(f"attention_bwd_{t}_d{d}", _attn_bwd_kernel, {**io, **grads}, blocks, floats=("scale",),
+                          num_warps=_num_warps_bwd(d)),
+                make_spec(f"attention_bwd_delta_{t}_d{d}", _attn_bwd_delta_kernel,
+                          {"o_ptr": f"*{t}", "do_ptr": f"*{t}", "delta_ptr": "*fp32"},
+                          {"BLOCK_R": DELTA_ROWS, "BLOCK_D": d}),
+            ]
+    return specs

@@ -1,0 +1,595 @@
+"""Triton precision operator ``x + conv3x3(GELU(conv3x3(GroupNorm(x))))`` and ``group_norm_nhwc``.
+
+Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
+
+- ``_gn_stats_kernel``: one program per (frame, group), a chunked Welford merge in float32 giving
+  mean and rstd (N, G); with APPLY it also writes the normalised (optionally GELU'd) output, which
+  is the whole ``group_norm_nhwc`` forward.
+- ``_conv3x3_kernel``: implicit-GEMM 3x3 conv, pad 1. Rows are output pixels (grid axis 0, int64
+  offsets), columns output channels, and the K loop walks the 9 taps x input-channel tiles as one
+  flat loop so the pipeliner sees 9*Cin/BLOCK_K iterations. Optional fused prologue (GroupNorm
+  affine while loading, zero padding applied after it) and epilogues (bias, GELU, GELU-backward,
+  residual). It serves conv1 and conv2 forward and both data gradients (a 3x3 conv with the
+  kernel flipped and in/out channels swapped).
+- ``_conv3x3_wgrad_kernel``: weight (and bias) gradient as a GEMM reduced over pixels; every
+  program owns a contiguous pixel range and writes float32 partial sums that are summed afterwards
+  in a fixed order, so there are no float atomics and results are bitwise reproducible.
+- ``_gn_bwd_kernel``: one program per (frame, group): reduces sum(g) and sum(g*xhat) over the group,
+  then writes dx (plus an optional residual gradient); per-frame partial dgamma/dbeta.
+
+Forward of the operator stores the GELU output h (conv2's operand, written once) and, only when a
+gradient is needed, conv1's pre-activation z1 from the same epilogue: the backward needs GELU'(z1)
+and h, and re-running conv1 would cost ~4x the time of reading z1 back (benchmarks/notes).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .. import checks, dispatch
+from .aot import AOTSpec
+from .common import device_reasons
+
+_INV_SQRT2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+# Epilogue modes of _conv3x3_kernel.
+EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
+
+_TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@triton.jit
+def _gelu(z):
+    return 0.5 * z * (1.0 + tl.math.erf(z * _INV_SQRT2))
+
+
+@triton.jit
+def _gelu_grad(z):
+    cdf = 0.5 * (1.0 + tl.math.erf(z * _INV_SQRT2))
+    return cdf + z * tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+@triton.jit
+def _gn_stats_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, y_ptr, HW, C, CG, G, eps,
+                     APPLY: tl.constexpr, GELU: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_CG: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid // G
+    g = pid % G
+    base = n.to(tl.int64) * HW * C + g * CG
+    offs_c = tl.arange(0, BLOCK_CG)
+    c_ok = offs_c < CG
+    count = 0.0
+    mean = 0.0
+    m2 = 0.0
+    # Chan's parallel merge of per-chunk (count, mean, M2): stable where E[x^2] - E[x]^2 is not.
+    for p0 in range(0, HW, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = (offs_p < HW)[:, None] & c_ok[None, :]
+        v = tl.load(x_ptr + base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        cnt = (tl.minimum(HW - p0, BLOCK_P) * CG).to(tl.float32)
+        cmean = tl.sum(tl.sum(v, axis=1), axis=0) / cnt
+        d = tl.where(mask, v - cmean, 0.0)
+        cm2 = tl.sum(tl.sum(d * d, axis=1), axis=0)
+        tot = count + cnt
+        delta = cmean - mean
+        mean += delta * (cnt / tot)
+        m2 += cm2 + delta * delta * (count * cnt / tot)
+        count = tot
+    rstd = 1.0 / tl.sqrt(m2 / count + eps)
+    tl.store(mean_ptr + pid, mean)
+    tl.store(rstd_ptr + pid, rstd)
+    if APPLY:
+        gam = tl.load(gamma_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        bet = tl.load(beta_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        for p0 in range(0, HW, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            mask = (offs_p < HW)[:, None] & c_ok[None, :]
+            off = base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :]
+            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            y = (v - mean) * rstd * gam[None, :] + bet[None, :]
+            if GELU:
+                y = _gelu(y)
+            tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, src, n_idx, ok, cc, c_ok, CIN, G, CG,
+                     NORM_IN: tl.constexpr, dot_ty: tl.constexpr):
+    """[len(src), len(cc)] input tile at pixels ``src`` (rows) and channels ``cc`` (columns).
+
+    With NORM_IN the GroupNorm affine is applied on the fly; out-of-bounds taps are zero *after*
+    normalisation, as the reference pads the normalised tensor.
+    """
+    mask = ok[:, None] & c_ok[None, :]
+    a = tl.load(a_ptr + src[:, None] * CIN + cc[None, :], mask=mask, other=0.0)
+    if NORM_IN:
+        sidx = n_idx[:, None] * G + (cc // CG)[None, :]
+        mu = tl.load(mean_ptr + sidx, mask=mask, other=0.0)
+        rs = tl.load(rstd_ptr + sidx, mask=mask, other=0.0)
+        gam = tl.load(gamma_ptr + cc, mask=c_ok, other=0.0)
+        bet = tl.load(beta_ptr + cc, mask=c_ok, other=0.0)
+        a = (a.to(tl.float32) - mu) * rs * gam[None, :] + bet[None, :]
+        a = tl.where(mask, a, 0.0)
+    return a.to(dot_ty)
+
+
+@triton.jit
+def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, z_ptr, res_ptr,
+                    out_ptr, pre_ptr, M, H, W, CIN, COUT, G, CG,
+                    NORM_IN: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
+                    STORE_PRE: tl.constexpr, HAS_RES: tl.constexpr, DOT_PREC: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    w_idx = offs_m % W
+    t = offs_m // W
+    h_idx = t % H
+    n_idx = t // H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < COUT
+    offs_k = tl.arange(0, BLOCK_K)
+    dot_ty = w_ptr.dtype.element_ty
+    KT = tl.cdiv(CIN, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(0, 9 * KT):
+        tap = it // KT
+        cc = (it - tap * KT) * BLOCK_K + offs_k
+        c_ok = cc < CIN
+        dy = tap // 3 - 1
+        dx = tap % 3 - 1
+        hh = h_idx + dy
+        ww = w_idx + dx
+        ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        a = _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, offs_m + dy * W + dx, n_idx,
+                             ok, cc, c_ok, CIN, G, CG, NORM_IN, dot_ty)
+        b = tl.load(w_ptr + (tap * CIN + cc)[:, None] * COUT + offs_n[None, :],
+                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    off = offs_m[:, None] * COUT + offs_n[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if EPILOGUE == 1:
+        if STORE_PRE:
+            tl.store(pre_ptr + off, acc.to(pre_ptr.dtype.element_ty), mask=mask)
+        acc = _gelu(acc)
+    if EPILOGUE == 2:
+        acc *= _gelu_grad(tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32))
+    if HAS_RES:
+        acc += tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _conv3x3_wgrad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dw_ptr, db_ptr,
+                          M, H, W, CIN, COUT, G, CG, CHUNK,
+                          NORM_IN: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
+    pid_s = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    CIT = tl.cdiv(CIN, BLOCK_CI)
+    tap = pid_k // CIT
+    cc = (pid_k - tap * CIT) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    c_ok = cc < CIN
+    dy = tap // 3 - 1
+    dx = tap % 3 - 1
+    offs_co = pid_n * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = offs_co < COUT
+    dot_ty = dy_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    m_start = pid_s.to(tl.int64) * CHUNK
+    for m0 in range(0, CHUNK, BLOCK_M):
+        offs_m = m_start + m0 + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < M
+        w_idx = offs_m % W
+        t = offs_m // W
+        h_idx = t % H
+        n_idx = t // H
+        hh = h_idx + dy
+        ww = w_idx + dx
+        ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        a = _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, offs_m + dy * W + dx, n_idx,
+                             ok, cc, c_ok, CIN, G, CG, NORM_IN, dot_ty)
+        g = tl.load(dy_ptr + offs_m[:, None] * COUT + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
+                    other=0.0)
+        acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
+        db += tl.sum(g.to(tl.float32), axis=0)
+    part = pid_s.to(tl.int64) * 9 * CIN * COUT
+    tl.store(dw_ptr + part + (tap * CIN + cc)[:, None] * COUT + offs_co[None, :], acc,
+             mask=c_ok[:, None] & co_ok[None, :])
+    # Every tap/channel tile sees the same dy rows; only the first writes the bias partial.
+    tl.store(db_ptr + pid_s.to(tl.int64) * COUT + offs_co, db, mask=co_ok & ((offs_co * 0 + pid_k) == 0))
+
+
+@triton.jit
+def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dres_ptr, dx_ptr, dgamma_ptr,
+                   dbeta_ptr, HW, C, CG, G,
+                   GELU: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CG: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid // G
+    g = pid % G
+    base = n.to(tl.int64) * HW * C + g * CG
+    offs_c = tl.arange(0, BLOCK_CG)
+    c_ok = offs_c < CG
+    mu = tl.load(mean_ptr + pid)
+    rs = tl.load(rstd_ptr + pid)
+    gam = tl.load(gamma_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    bet = tl.load(beta_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    s_g = 0.0
+    s_gx = 0.0
+    pdg = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+    pdb = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+    for p0 in range(0, HW, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = (offs_p < HW)[:, None] & c_ok[None, :]
+        off = base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :]
+        xhat = tl.where(mask, (tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32) - mu) * rs, 0.0)
+        d = tl.load(dn_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if GELU:
+            d *= _gelu_grad(xhat * gam[None, :] + bet[None, :])
+        pdg += tl.sum(d * xhat, axis=0)
+        pdb += tl.sum(d, axis=0)
+        gg = d * gam[None, :]
+        s_g += tl.sum(tl.sum(gg, axis=1), axis=0)
+        s_gx += tl.sum(tl.sum(gg * xhat, axis=1), axis=0)
+    inv_cnt = 1.0 / (HW * CG).to(tl.float32)
+    a = s_g * inv_cnt
+    b = s_gx * inv_cnt
+    for p0 in range(0, HW, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = (offs_p < HW)[:, None] & c_ok[None, :]
+        off = base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :]
+        xhat = (tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32) - mu) * rs
+        d = tl.load(dn_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if GELU:
+            d *= _gelu_grad(xhat * gam[None, :] + bet[None, :])
+        dx = rs * (d * gam[None, :] - a - xhat * b)
+        if HAS_RES:
+            dx += tl.load(dres_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    poff = n.to(tl.int64) * C + g * CG + offs_c
+    tl.store(dgamma_ptr + poff, pdg, mask=c_ok)
+    tl.store(dbeta_ptr + poff, pdb, mask=c_ok)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration: every choice below is enumerated by aot_specs().
+
+def _tile(c: int, lo: int, hi: int) -> int:
+    """Largest power of two in [lo, hi] dividing c; else the smallest power of two >= c, clamped."""
+    t = hi
+    while t > lo and c % t:
+        t //= 2
+    if c % t == 0:
+        return t
+    return max(lo, min(hi, triton.next_power_of_2(c)))
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    # float32 parity with the reference needs full-precision products; 16-bit inputs ignore this.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
+    wide = dtype != torch.float32
+    bn = _tile(cout, 16, 128)
+    return dict(BLOCK_M=128, BLOCK_N=bn, BLOCK_K=_tile(cin, 16, 64 if wide else 32),
+                num_warps=8 if bn >= 128 else 4, num_stages=3 if wide else 2)
+
+
+def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
+    wide = dtype != torch.float32
+    bco = _tile(cout, 16, 128)
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=bco,
+                num_warps=8 if bco >= 128 else 4, num_stages=3 if wide else 2)
+
+
+def _gn_config(cg: int) -> dict:
+    bcg = triton.next_power_of_2(cg)
+    return dict(BLOCK_P=max(16, 2048 // bcg), BLOCK_CG=bcg, num_warps=4)
+
+
+# Target number of programs for the split-K weight gradient: enough to fill an H100's 132 SMs a few
+# times over, few enough that the float32 partials stay small.
+_WGRAD_PROGRAMS = 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers (plain functions of contiguous tensors; called inside the triton_ops below).
+
+def _pack_fwd(w: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin, 3, 3) -> (9*Cin, Cout), rows ordered (tap, ci): the B operand of the forward."""
+    return w.permute(2, 3, 1, 0).reshape(9 * w.shape[1], w.shape[0]).contiguous()
+
+
+def _pack_dgrad(w: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin, 3, 3) -> (9*Cout, Cin): the kernel flipped, channels swapped (data gradient)."""
+    return w.flip(2, 3).permute(2, 3, 0, 1).reshape(9 * w.shape[0], w.shape[1]).contiguous()
+
+
+def _conv3x3(a, wmat, cout, out_dtype, *, bias=None, norm=None, epilogue=EPI_NONE, pre=None, z=None, res=None):
+    """Implicit-GEMM 3x3 conv of channels-last ``a`` (N, H, W, Cin) with packed weights ``wmat``.
+
+    ``norm`` = (mean, rstd, gamma, beta, G) applies GroupNorm to ``a`` while loading it.
+    """
+    N, H, W, cin = a.shape
+    M = N * H * W
+    out = torch.empty((N, H, W, cout), device=a.device, dtype=out_dtype)
+    cfg = _conv_config(cin, cout, wmat.dtype)
+    mean, rstd, gamma, beta, G = norm if norm is not None else (a, a, a, a, 1)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
+    wrap_triton(_conv3x3_kernel)[grid](
+        a, wmat, bias if bias is not None else a, mean, rstd, gamma, beta,
+        z if z is not None else a, res if res is not None else a, out, pre if pre is not None else out,
+        M, H, W, cin, cout, G, cin // G,
+        NORM_IN=norm is not None, HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
+        HAS_RES=res is not None, DOT_PREC=_dot_prec(wmat.dtype), **cfg)
+    return out
+
+
+def _wgrad_split(M: int, block_m: int, tiles: int) -> tuple[int, int]:
+    blocks = triton.cdiv(M, block_m)
+    split = max(1, min(blocks, _WGRAD_PROGRAMS // max(1, tiles)))
+    chunk = triton.cdiv(blocks, split) * block_m
+    return triton.cdiv(M, chunk), chunk
+
+
+def _conv3x3_wgrad(a, dy, *, norm=None):
+    """(dW (Cout, Cin, 3, 3) float32, db (Cout,) float32) of a 3x3 conv with input ``a``, output grad ``dy``."""
+    N, H, W, cin = a.shape
+    cout = dy.shape[-1]
+    M = N * H * W
+    cfg = _wgrad_config(cin, cout, dy.dtype)
+    tiles = 9 * triton.cdiv(cin, cfg["BLOCK_CI"]) * triton.cdiv(cout, cfg["BLOCK_CO"])
+    split, chunk = _wgrad_split(M, cfg["BLOCK_M"], tiles)
+    dw = torch.empty((split, 9 * cin, cout), device=a.device, dtype=torch.float32)
+    db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
+    mean, rstd, gamma, beta, G = norm if norm is not None else (a, a, a, a, 1)
+    grid = (split, 9 * triton.cdiv(cin, cfg["BLOCK_CI"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
+    wrap_triton(_conv3x3_wgrad_kernel)[grid](
+        a, dy, mean, rstd, gamma, beta, dw, db, M, H, W, cin, cout, G, cin // G, chunk,
+        NORM_IN=norm is not None, DOT_PREC=_dot_prec(dy.dtype), **cfg)
+    dw = dw.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
+    return dw, db.sum(0)
+
+
+def _gn_stats(x, G, eps, gamma=None, beta=None, y=None, gelu=False):
+    N, H, W, C = x.shape
+    mean = torch.empty((N, G), device=x.device, dtype=torch.float32)
+    rstd = torch.empty((N, G), device=x.device, dtype=torch.float32)
+    cfg = _gn_config(C // G)
+    wrap_triton(_gn_stats_kernel)[(N * G,)](
+        x, gamma if gamma is not None else x, beta if beta is not None else x, mean, rstd,
+        y if y is not None else x, H * W, C, C // G, G, eps, APPLY=y is not None, GELU=gelu, **cfg)
+    return mean, rstd
+
+
+def _gn_bwd(dn, x, mean, rstd, gamma, beta, dres=None, gelu=False):
+    """(dx in x.dtype, dgamma, dbeta float32) from the gradient ``dn`` of the GroupNorm output."""
+    N, H, W, C = x.shape
+    G = mean.shape[1]
+    dx = torch.empty_like(x)
+    dgamma = torch.empty((N, C), device=x.device, dtype=torch.float32)
+    dbeta = torch.empty((N, C), device=x.device, dtype=torch.float32)
+    cfg = _gn_config(C // G)
+    wrap_triton(_gn_bwd_kernel)[(N * G,)](
+        dn, x, mean, rstd, gamma, beta, dres if dres is not None else x, dx, dgamma, dbeta,
+        H * W, C, C // G, G, GELU=gelu, HAS_RES=dres is not None, **cfg)
+    return dx, dgamma.sum(0), dbeta.sum(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library ops. Inputs arrive contiguous, conv parameters in x's dtype, GroupNorm affine in
+# float32 (the reference runs GroupNorm in float32).
+
+_EMPTY = (0,)
+
+
+@triton_op("aef_kernels::precision_operator_fwd", mutates_args=())
+def _precision_fwd(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, w1: torch.Tensor,
+                   b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, num_groups: int, eps: float,
+                   save_pre: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h = GELU(z1), z1 if save_pre else empty, mean, rstd)."""
+    N, H, W, C = x.shape
+    mean, rstd = _gn_stats(x, num_groups, eps)
+    pre = torch.empty((N, H, W, 4 * C), device=x.device, dtype=x.dtype) if save_pre else \
+        x.new_empty(_EMPTY)
+    h = _conv3x3(x, _pack_fwd(w1), 4 * C, x.dtype, bias=b1, norm=(mean, rstd, gn_weight, gn_bias, num_groups),
+                 epilogue=EPI_GELU, pre=pre if save_pre else None)
+    y = _conv3x3(h, _pack_fwd(w2), C, x.dtype, bias=b2, res=x)
+    return y, h, pre, mean, rstd
+
+
+@triton_op("aef_kernels::precision_operator_bwd", mutates_args=())
+def _precision_bwd(dy: torch.Tensor, x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor,
+                   w1: torch.Tensor, w2: torch.Tensor, h: torch.Tensor, z1: torch.Tensor, mean: torch.Tensor,
+                   rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dgn_weight, dgn_bias, dw1, db1, dw2, db2); parameter grads in float32."""
+    C = x.shape[-1]
+    G = mean.shape[1]
+    dw2, db2 = _conv3x3_wgrad(h, dy)
+    dz1 = _conv3x3(dy, _pack_dgrad(w2), 4 * C, x.dtype, epilogue=EPI_GELU_GRAD, z=z1)
+    norm = (mean, rstd, gn_weight, gn_bias, G)
+    dw1, db1 = _conv3x3_wgrad(x, dz1, norm=norm)
+    # The gradient of the normalised input stays float32 into the GroupNorm backward, which runs in
+    # float32 like the reference's.
+    dn = _conv3x3(dz1, _pack_dgrad(w1), C, torch.float32)
+    dx, dgw, dgb = _gn_bwd(dn, x, mean, rstd, gn_weight, gn_bias, dres=dy)
+    return dx, dgw, dgb, dw1, db1, dw2, db2
+
+
+def _precision_setup(ctx, inputs, output):
+    x, gn_weight, gn_bias, w1, _b1, w2, _b2, _g, _eps, _save = inputs
+    _y, h, z1, mean, rstd = output
+    ctx.save_for_backward(x, gn_weight, gn_bias, w1, w2, h, z1, mean, rstd)
+
+
+def _precision_backward(ctx, dy, *_aux_grads):
+    x, gn_weight, gn_bias, w1, w2, h, z1, mean, rstd = ctx.saved_tensors
+    if z1.numel() == 0:
+        raise RuntimeError("precision_operator: the forward ran without saving activations (save_pre=False); "
+                           "call it with gradients enabled to differentiate it")
+    dx, dgw, dgb, dw1, db1, dw2, db2 = _precision_bwd(dy.contiguous(), x, gn_weight, gn_bias, w1, w2, h, z1,
+                                                      mean, rstd)
+    return (dx, dgw, dgb, dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype),
+            None, None, None)
+
+
+_precision_fwd.register_autograd(_precision_backward, setup_context=_precision_setup)
+
+
+@triton_op("aef_kernels::group_norm_nhwc_fwd", mutates_args=())
+def _group_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
+                    gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd); weight and bias are float32 (C,)."""
+    y = torch.empty_like(x)
+    mean, rstd = _gn_stats(x, num_groups, eps, weight, bias, y, gelu)
+    return y, mean, rstd
+
+
+@triton_op("aef_kernels::group_norm_nhwc_bwd", mutates_args=())
+def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    mean: torch.Tensor, rstd: torch.Tensor, gelu: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias); the GELU pre-activation is recomputed from x (one FMA per element)."""
+    return _gn_bwd(dy, x, mean, rstd, weight, bias, gelu=gelu)
+
+
+def _group_norm_setup(ctx, inputs, output):
+    x, weight, bias, _g, _eps, gelu = inputs
+    _y, mean, rstd = output
+    ctx.gelu = gelu
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+
+def _group_norm_backward(ctx, dy, *_aux_grads):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = _group_norm_bwd(dy.contiguous(), x, weight, bias, mean, rstd, ctx.gelu)
+    return dx, dw, db, None, None, None
+
+
+_group_norm_fwd.register_autograd(_group_norm_backward, setup_context=_group_norm_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dispatcher entry points.
+
+def _reasons(x, *params):
+    return device_reasons(x, *params) + checks.kernel_dtype_reasons(x)
+
+
+def _precision_reasons(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
+    return _reasons(x, gn_weight, gn_bias, w1, b1, w2, b2)
+
+
+@dispatch.register("precision_operator", "triton", reasons=_precision_reasons)
+def precision_operator(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
+    dt = x.dtype
+    params = (gn_weight, gn_bias, w1, b1, w2, b2)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
+    f32 = torch.float32
+    y, *_ = _precision_fwd(x.contiguous(), gn_weight.to(f32), gn_bias.to(f32), w1.to(dt), b1.to(dt),
+                           w2.to(dt), b2.to(dt), num_groups, eps, save)
+    return y
+
+
+def _group_norm_reasons(x, weight, bias, num_groups, eps, activation):
+    return _reasons(x, weight, bias)
+
+
+@dispatch.register("group_norm_nhwc", "triton", reasons=_group_norm_reasons)
+def group_norm_nhwc(x, weight, bias, num_groups, eps, activation):
+    C = x.shape[-1]
+    f32 = torch.float32
+    w = weight.to(f32) if weight is not None else x.new_ones(C, dtype=f32)
+    b = bias.to(f32) if bias is not None else x.new_zeros(C, dtype=f32)
+    y, _, _ = _group_norm_fwd(x.contiguous(), w, b, num_groups, eps, activation == "gelu")
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# Ahead-of-time compilation: every configuration the launchers above can pick.
+
+PRESET_CHANNELS = (16, 32, 64, 96, 128, 256)
+
+
+def _groups(c: int) -> int:
+    """The model's group count (AEF_MODEL.md §2 item 4): 32, or C/2 below 64 channels."""
+    return 32 if c >= 64 else c // 2
+
+
+def _sig(names_types: list[tuple[str, str]], constexprs: dict) -> dict:
+    return {n: ("constexpr" if n in constexprs else t) for n, t in names_types}
+
+
+def aot_specs() -> list[AOTSpec]:
+    specs: dict[tuple, AOTSpec] = {}
+
+    def add(name, kernel, args, constexprs, num_warps, num_stages):
+        sig = _sig(args, constexprs)
+        key = (kernel, tuple(sig.items()), tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps,
+               num_stages)
+        if key not in specs:
+            specs[key] = AOTSpec(name, kernel, sig, constexprs, num_warps, num_stages)
+
+    for dtype, ty in _TL_DTYPES.items():
+        p = f"*{ty}"
+        for c in PRESET_CHANNELS:
+            cg = c // _groups(c)
+            gcfg = _gn_config(cg)
+            gw = gcfg.pop("num_warps")
+            for apply, gelu in ((False, False), (True, False), (True, True)):
+                args = [("x_ptr", p), ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("mean_ptr", "*fp32"),
+                        ("rstd_ptr", "*fp32"), ("y_ptr", p), ("HW", "i32"), ("C", "i32"), ("CG", "i32"),
+                        ("G", "i32"), ("eps", "fp32"), ("APPLY", ""), ("GELU", ""), ("BLOCK_P", ""),
+                        ("BLOCK_CG", "")]
+                add(f"gn_stats_{ty}_cg{cg}_apply{int(apply)}_gelu{int(gelu)}", _gn_stats_kernel, args,
+                    dict(APPLY=apply, GELU=gelu, **gcfg), gw, 1)
+            for gelu, res in ((False, True), (True, False)):
+                args = [("dn_ptr", "*fp32" if res else p), ("x_ptr", p), ("mean_ptr", "*fp32"),
+                        ("rstd_ptr", "*fp32"), ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("dres_ptr", p),
+                        ("dx_ptr", p), ("dgamma_ptr", "*fp32"), ("dbeta_ptr", "*fp32"), ("HW", "i32"),
+                        ("C", "i32"), ("CG", "i32"), ("G", "i32"), ("GELU", ""), ("HAS_RES", ""),
+                        ("BLOCK_P", ""), ("BLOCK_CG", "")]
+                add(f"gn_bwd_{ty}_cg{cg}_gelu{int(gelu)}_res{int(res)}", _gn_bwd_kernel, args,
+                    dict(GELU=gelu, HAS_RES=res, **gcfg), gw, 1)
+            # (name, cin, cout, norm, bias, epilogue, store_pre, residual, output type)
+            convs = [("conv1", c, 4 * c, True, True, EPI_GELU, True, False, p),
+                     ("conv1_infer", c, 4 * c, True, True, EPI_GELU, False, False, p),
+                     ("conv2", 4 * c, c, False, True, EPI_NONE, False, True, p),
+                     ("dgrad2", c, 4 * c, False, False, EPI_GELU_GRAD, False, False, p),
+                     ("dgrad1", 4 * c, c, False, False, EPI_NONE, False, False, "*fp32")]
+            for name, cin, cout, norm, bias, epi, pre, res, out_ty in convs:
+                cfg = _conv_config(cin, cout, dtype)
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+                args = [("a_ptr", p), ("w_ptr", p), ("bias_ptr", p), ("mean_ptr", "*fp32"), ("rstd_ptr", "*fp32"),
+                        ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("z_ptr", p), ("res_ptr", p),
+                        ("out_ptr", out_ty), ("pre_ptr", p), ("M", "i32"), ("H", "i32"), ("W", "i32"),
+                        ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"), ("CG", "i32"), ("NORM_IN", ""),
+                        ("HAS_BIAS", ""), ("EPILOGUE", ""), ("STORE_PRE", ""), ("HAS_RES", ""), ("DOT_PREC", ""),
+                        ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
+                ce = dict(NORM_IN=norm, HAS_BIAS=bias, EPILOGUE=epi, STORE_PRE=pre, HAS_RES=res,
+                          DOT_PREC=_dot_prec(dtype), **cfg)
+                add(f"conv3x3_{name}_{ty}_{cin}x{cout}_{out_ty[1:]}", _conv3x3_kernel, args, ce, nw, ns)
+            for name, cin, cout, norm in (("wgrad1", c, 4 * c, True), ("wgrad2", 4 * c, c, False)):
+                cfg = _wgrad_config(cin, cout, dtype)
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+                args = [("a_ptr", p), ("dy_ptr", p), ("mean_ptr", "*fp32"), ("rstd_ptr", "*fp32"),
+                        ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"),
+                        ("M", "i32"), ("H", "i32"), ("W", "i32"), ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"),
+                        ("CG", "i32"), ("CHUNK", "i32"), ("NORM_IN", ""), ("DOT_PREC", ""), ("BLOCK_M", ""),
+                        ("BLOCK_CI", ""), ("BLOCK_CO", "")]
+                ce = dict(NORM_IN=norm, DOT_PREC=_dot_prec(dtype), **cfg)
+                add(f"conv3x3_{name}_{ty}_{cin}x{cout}", _conv3x3_wgrad_kernel, args, ce, nw, ns)
+    return list(specs.values())

@@ -1,0 +1,618 @@
+"""Triton pyramid resampling: ``resample_down``, ``resample_up`` and the fused ``pyramid_exchange``.
+
+Channels-last frames. Kernels:
+
+- ``_exchange_kernel``: one pass that writes each output element once as the sum of up to two
+  down-sampling GEMMs (kernel = stride = F, read in place as a space-to-depth view: the K loop walks
+  the F*F window positions x input-channel tiles, like an implicit GEMM), up to two bilinear gathers
+  of low-resolution maps (align_corners=False with PyTorch's edge clamp), the path's own input and a
+  bias. With F = 1 and nothing else it is a plain 1x1 GEMM, which gives the low-resolution maps that
+  up-sampling interpolates (the 1x1 map commutes with bilinear interpolation, whose weights sum to 1,
+  so it runs on the f*f times smaller grid).
+- ``_up_adjoint_kernel``: the adjoint of the bilinear gather, itself a gather: each low-resolution
+  pixel sums the (at most 2F x 2F) high-resolution gradients that read it, so no atomics.
+- ``_down_dgrad_kernel``: input gradient of a down-sampling GEMM; every input pixel belongs to exactly
+  one window, so each program writes its outputs once (optionally adding a gradient already there).
+- ``_s2d_wgrad_kernel``: weight and bias gradients of a (space-to-depth or 1x1) GEMM as float32
+  partial sums over pixel ranges, summed afterwards in a fixed order (no float atomics).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .. import checks, dispatch
+from ..functional import ExchangeParams
+from .aot import AOTSpec
+from .common import device_reasons
+from .precision import _TL_DTYPES, _dot_prec, _tile, _wgrad_split
+
+
+@triton.jit
+def _s2d_gemm(acc, a_ptr, w_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HO, WO, CIN, F, COUT,
+              DOT_PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += space-to-depth(a)[rows] @ w, with a (N, HO*F, WO*F, CIN) and w (F*F*CIN, COUT)."""
+    WI = WO * F
+    row = ((n_idx * HO + i_idx) * F * WI + j_idx * F) * CIN
+    offs_k = tl.arange(0, BLOCK_K)
+    KT = tl.cdiv(CIN, BLOCK_K)
+    for it in range(0, F * F * KT):
+        ab = it // KT
+        cc = (it - ab * KT) * BLOCK_K + offs_k
+        c_ok = cc < CIN
+        r = ab // F
+        s = ab - r * F
+        a = tl.load(a_ptr + row[:, None] + (r * WI + s) * CIN + cc[None, :], mask=m_ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        b = tl.load(w_ptr + (ab * CIN + cc)[:, None] * COUT + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
+                    other=0.0)
+        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PREC)
+    return acc
+
+
+@triton.jit
+def _source_index(i, INV_F, HU):
+    """(i0, i1, lambda1) of output index i under bilinear x F, align_corners=False (PyTorch's rule)."""
+    src = tl.maximum((i.to(tl.float32) + 0.5) * INV_F - 0.5, 0.0)
+    i0 = src.to(tl.int32)
+    i1 = tl.where(i0 < HU - 1, i0 + 1, i0)
+    return i0, i1, src - i0.to(tl.float32)
+
+
+@triton.jit
+def _bilinear_gather(u_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU, WU, COUT, INV_F):
+    y0, y1, ly = _source_index(i_idx, INV_F, HU)
+    x0, x1, lx = _source_index(j_idx, INV_F, WU)
+    mask = m_ok[:, None] & n_ok[None, :]
+    base = n_idx * HU
+    r0 = (base + y0) * WU
+    r1 = (base + y1) * WU
+    col = offs_n[None, :]
+    v00 = tl.load(u_ptr + ((r0 + x0) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
+    v01 = tl.load(u_ptr + ((r0 + x1) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
+    v10 = tl.load(u_ptr + ((r1 + x0) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
+    v11 = tl.load(u_ptr + ((r1 + x1) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
+    lx = lx[:, None]
+    ly = ly[:, None]
+    return (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
+
+
+@triton.jit
+def _exchange_kernel(out_ptr, own_ptr, bias_ptr, a1_ptr, w1_ptr, a2_ptr, w2_ptr, u1_ptr, u2_ptr,
+                     M, HO, WO, COUT, CIN1, F1, CIN2, F2, HU1, WU1, INV_F1, HU2, WU2, INV_F2,
+                     NUM_DOWN: tl.constexpr, NUM_UP: tl.constexpr, HAS_OWN: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K1: tl.constexpr, BLOCK_K2: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    j_idx = offs_m % WO
+    t = offs_m // WO
+    i_idx = t % HO
+    n_idx = t // HO
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < COUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if NUM_DOWN >= 1:
+        acc = _s2d_gemm(acc, a1_ptr, w1_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HO, WO, CIN1, F1, COUT,
+                        DOT_PREC, BLOCK_K1)
+    if NUM_DOWN >= 2:
+        acc = _s2d_gemm(acc, a2_ptr, w2_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HO, WO, CIN2, F2, COUT,
+                        DOT_PREC, BLOCK_K2)
+    if NUM_UP >= 1:
+        acc += _bilinear_gather(u1_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU1, WU1, COUT, INV_F1)
+    if NUM_UP >= 2:
+        acc += _bilinear_gather(u2_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU2, WU2, COUT, INV_F2)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    off = offs_m[:, None] * COUT + offs_n[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_OWN:
+        acc += tl.load(own_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bilinear_weight(i, j, INV_F, HU):
+    """Weight with which low-resolution index j enters output index i (0 for most pairs)."""
+    i0, i1, l1 = _source_index(i, INV_F, HU)
+    return tl.where(i0 == j, 1.0 - l1, 0.0) + tl.where(i1 == j, l1, 0.0)
+
+
+@triton.jit
+def _up_adjoint_kernel(dy_ptr, du_ptr, M, HU, WU, HO, WO, C, F, INV_F,
+                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    jx = offs_m % WU
+    t = offs_m // WU
+    jy = t % HU
+    n_idx = t // HU
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    # Output rows reading low-resolution row j lie in [j*F - ceil(F/2), j*F - ceil(F/2) + 2F): those
+    # whose lower source row is j or j - 1 (exact for power-of-two F, where 1/F is exact).
+    lo = (F + 1) // 2
+    for ty in range(0, 2 * F):
+        iy = jy * F - lo + ty
+        wy = tl.where((iy >= 0) & (iy < HO), _bilinear_weight(iy, jy, INV_F, HU), 0.0)
+        row = (n_idx * HO + iy) * WO
+        for tx in range(0, 2 * F):
+            ix = jx * F - lo + tx
+            wgt = tl.where((ix >= 0) & (ix < WO), _bilinear_weight(ix, jx, INV_F, WU), 0.0) * wy
+            ok = m_ok & (wgt != 0.0)
+            g = tl.load(dy_ptr + ((row + ix) * C)[:, None] + offs_c[None, :], mask=ok[:, None] & c_ok[None, :],
+                        other=0.0)
+            acc += wgt[:, None] * g.to(tl.float32)
+    tl.store(du_ptr + (offs_m * C)[:, None] + offs_c[None, :], acc.to(du_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _down_dgrad_kernel(dy_ptr, wt_ptr, prev_ptr, dx_ptr, M, HO, WO, CIN, F, COUT,
+                       HAS_PREV: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dx (N, HO*F, WO*F, CIN) [+= prev] from dy (N, HO, WO, COUT) and wt (COUT, F*F*CIN)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    j_idx = offs_m % WO
+    t = offs_m // WO
+    i_idx = t % HO
+    n_idx = t // HO
+    K = F * F * CIN
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < K
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, COUT, BLOCK_K):
+        kk = k0 + offs_k
+        k_ok = kk < COUT
+        a = tl.load(dy_ptr + (offs_m * COUT)[:, None] + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(wt_ptr + kk[:, None] * K + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    WI = WO * F
+    row = ((n_idx * HO + i_idx) * F * WI + j_idx * F) * CIN
+    ab = offs_n // CIN
+    r = ab // F
+    col = (r * WI + ab - r * F) * CIN + offs_n - ab * CIN
+    off = row[:, None] + col[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_PREV:
+        acc += tl.load(prev_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _s2d_wgrad_kernel(a_ptr, dy_ptr, dw_ptr, db_ptr, M, HO, WO, CIN, F, COUT, CHUNK,
+                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                      BLOCK_CO: tl.constexpr):
+    """Partial dw[split, (r, s, ci), co] and db[split, co] over pixel range ``split``."""
+    pid_s = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    KT = tl.cdiv(CIN, BLOCK_K)
+    ab = pid_k // KT
+    cc = (pid_k - ab * KT) * BLOCK_K + tl.arange(0, BLOCK_K)
+    c_ok = cc < CIN
+    r = ab // F
+    s = ab - r * F
+    WI = WO * F
+    offs_co = pid_n * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = offs_co < COUT
+    acc = tl.zeros((BLOCK_K, BLOCK_CO), dtype=tl.float32)
+    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    m_start = pid_s.to(tl.int64) * CHUNK
+    for m0 in range(0, CHUNK, BLOCK_M):
+        offs_m = m_start + m0 + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < M
+        j_idx = offs_m % WO
+        t = offs_m // WO
+        i_idx = t % HO
+        n_idx = t // HO
+        row = ((n_idx * HO + i_idx) * F * WI + j_idx * F + r * WI + s) * CIN
+        a = tl.load(a_ptr + row[:, None] + cc[None, :], mask=m_ok[:, None] & c_ok[None, :], other=0.0)
+        g = tl.load(dy_ptr + (offs_m * COUT)[:, None] + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
+                    other=0.0)
+        acc = tl.dot(tl.trans(a.to(g.dtype)), g, acc, input_precision=DOT_PREC)
+        db += tl.sum(g.to(tl.float32), axis=0)
+    part = pid_s.to(tl.int64) * F * F * CIN * COUT
+    tl.store(dw_ptr + part + (ab * CIN + cc)[:, None] * COUT + offs_co[None, :], acc,
+             mask=c_ok[:, None] & co_ok[None, :])
+    # Every window/channel tile sees the same dy rows; only the first writes the bias partial.
+    tl.store(db_ptr + pid_s.to(tl.int64) * COUT + offs_co, db, mask=co_ok & ((offs_co * 0 + pid_k) == 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration: every choice is enumerated by aot_specs().
+
+def _gemm_config(cins: tuple[int, ...], cout: int, dtype: torch.dtype) -> dict:
+    wide = dtype != torch.float32
+    bn = _tile(cout, 16, 128)
+    ks = [_tile(c, 16, 64 if wide else 32) for c in cins] + [16, 16]
+    return dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K1=ks[0], BLOCK_K2=ks[1], num_warps=4,
+                num_stages=3 if wide else 2)
+
+
+def _dgrad_config(k: int, cout: int, dtype: torch.dtype) -> dict:
+    wide = dtype != torch.float32
+    return dict(BLOCK_M=64, BLOCK_N=_tile(k, 16, 128), BLOCK_K=_tile(cout, 16, 64 if wide else 32),
+                num_warps=4, num_stages=3 if wide else 2)
+
+
+def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
+    wide = dtype != torch.float32
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
+                num_warps=4, num_stages=3 if wide else 2)
+
+
+def _adjoint_config(c: int) -> dict:
+    return dict(BLOCK_M=32, BLOCK_C=_tile(c, 16, 128), num_warps=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launchers.
+
+def _pack_down(w: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin, F, F) -> (F*F*Cin, Cout), rows ordered (window row, window col, channel)."""
+    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous()
+
+
+def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()):
+    """One pass: out = own + sum(s2d(a) @ wmat for a, wmat, F in downs) + sum(bilinear(u, F)) + bias."""
+    N, HO, WO, cout = out_shape
+    out = torch.empty(out_shape, device=device, dtype=dtype)
+    M = N * HO * WO
+    cfg = _gemm_config(tuple(a.shape[-1] for a, _, _ in downs), cout, dtype)
+    d = list(downs) + [(out, out, 1)] * (2 - len(downs))
+    u = [(v, v.shape[1], v.shape[2], 1.0 / f) for v, f in ups] + [(out, 1, 1, 1.0)] * (2 - len(ups))
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
+    wrap_triton(_exchange_kernel)[grid](
+        out, own if own is not None else out, bias if bias is not None else out,
+        d[0][0], d[0][1], d[1][0], d[1][1], u[0][0], u[1][0],
+        M, HO, WO, cout, d[0][0].shape[-1], d[0][2], d[1][0].shape[-1], d[1][2],
+        u[0][1], u[0][2], u[0][3], u[1][1], u[1][2], u[1][3],
+        NUM_DOWN=len(downs), NUM_UP=len(ups), HAS_OWN=own is not None, HAS_BIAS=bias is not None,
+        DOT_PREC=_dot_prec(dtype), **cfg)
+    return out
+
+
+def _linear_lowres(x, w, b):
+    """The 1x1 map of an up-sampling, at low resolution, kept in float32 for the gather."""
+    N, H, W, _ = x.shape
+    return _exchange((N, H, W, w.shape[0]), torch.float32, x.device, bias=b, downs=((x, w.t().contiguous(), 1),))
+
+
+def _up_adjoint(dy, lowres_hw, factor):
+    N, HO, WO, C = dy.shape
+    HU, WU = lowres_hw
+    du = torch.empty((N, HU, WU, C), device=dy.device, dtype=torch.float32)
+    M = N * HU * WU
+    cfg = _adjoint_config(C)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(C, cfg["BLOCK_C"]))
+    wrap_triton(_up_adjoint_kernel)[grid](dy, du, M, HU, WU, HO, WO, C, factor, 1.0 / factor, **cfg)
+    return du
+
+
+def _down_dgrad(dy, w, factor, in_shape, prev=None):
+    N, HO, WO, cout = dy.shape
+    cin = w.shape[1]
+    K = factor * factor * cin
+    dx = torch.empty(in_shape, device=dy.device, dtype=dy.dtype if prev is None else prev.dtype)
+    wt = w.permute(0, 2, 3, 1).reshape(cout, K).to(dy.dtype).contiguous()
+    M = N * HO * WO
+    cfg = _dgrad_config(K, cout, dy.dtype)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_N"]))
+    wrap_triton(_down_dgrad_kernel)[grid](dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor,
+                                          cout, HAS_PREV=prev is not None, DOT_PREC=_dot_prec(dy.dtype), **cfg)
+    return dx
+
+
+def _s2d_wgrad(a, dy, factor):
+    """(dW as (F*F*Cin, Cout) float32, db (Cout,) float32)."""
+    N, HO, WO, cout = dy.shape
+    cin = a.shape[-1]
+    M = N * HO * WO
+    cfg = _wgrad_config(cin, cout, dy.dtype)
+    tiles = factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]) * triton.cdiv(cout, cfg["BLOCK_CO"])
+    split, chunk = _wgrad_split(M, cfg["BLOCK_M"], tiles)
+    dw = torch.empty((split, factor * factor * cin, cout), device=a.device, dtype=torch.float32)
+    db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
+    grid = (split, factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
+    wrap_triton(_s2d_wgrad_kernel)[grid](a, dy, dw, db, M, HO, WO, cin, factor, cout, chunk,
+                                         DOT_PREC=_dot_prec(dy.dtype), **cfg)
+    return dw.sum(0), db.sum(0)
+
+
+def _down_weight_grad(a, dy, factor, w):
+    dw, db = _s2d_wgrad(a, dy, factor)
+    cin = a.shape[-1]
+    return dw.view(factor, factor, cin, -1).permute(3, 2, 0, 1).to(w.dtype), db
+
+
+def _linear_weight_grad(a, du, w):
+    dw, db = _s2d_wgrad(a, du.to(a.dtype), 1)
+    return dw.t().to(w.dtype), db
+
+
+def _bias_grad(db, bias):
+    return None if bias is None else db.to(bias.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library ops (inputs contiguous, parameters already in x's dtype).
+
+@triton_op("aef_kernels::resample_down_fwd", mutates_args=())
+def _down_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], factor: int) -> torch.Tensor:
+    N, H, W, _ = x.shape
+    f = factor
+    return _exchange((N, H // f, W // f, weight.shape[0]), x.dtype, x.device, bias=bias,
+                     downs=((x, _pack_down(weight), f),))
+
+
+@triton_op("aef_kernels::resample_down_bwd", mutates_args=())
+def _down_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias)."""
+    dx = _down_dgrad(dy, weight, factor, tuple(x.shape))
+    dw, db = _down_weight_grad(x, dy, factor, weight)
+    return dx, dw, db.to(weight.dtype)
+
+
+def _down_setup(ctx, inputs, output):
+    x, weight, bias, factor = inputs
+    ctx.factor = factor
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _down_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw, db = _down_bwd(dy.contiguous(), x, weight, ctx.factor)
+    return dx, dw, db if ctx.has_bias else None, None
+
+
+_down_fwd.register_autograd(_down_backward, setup_context=_down_setup)
+
+
+@triton_op("aef_kernels::resample_up_fwd", mutates_args=())
+def _up_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], factor: int) -> torch.Tensor:
+    N, H, W, _ = x.shape
+    u = _linear_lowres(x, weight, bias)
+    return _exchange((N, H * factor, W * factor, weight.shape[0]), x.dtype, x.device, ups=((u, factor),))
+
+
+@triton_op("aef_kernels::resample_up_bwd", mutates_args=())
+def _up_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias)."""
+    N, H, W, cin = x.shape
+    du = _up_adjoint(dy, (H, W), factor)
+    dx = _exchange((N, H, W, cin), x.dtype, x.device, downs=((du.to(x.dtype), weight.contiguous(), 1),))
+    dw, db = _linear_weight_grad(x, du, weight)
+    return dx, dw, db.to(weight.dtype)
+
+
+def _up_setup(ctx, inputs, output):
+    x, weight, bias, factor = inputs
+    ctx.factor = factor
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _up_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw, db = _up_bwd(dy.contiguous(), x, weight, ctx.factor)
+    return dx, dw, db if ctx.has_bias else None, None
+
+
+_up_fwd.register_autograd(_up_backward, setup_context=_up_setup)
+
+
+def _sum_bias(*biases):
+    present = [b for b in biases if b is not None]
+    if not present:
+        return None
+    return torch.stack(present).sum(0) if len(present) > 1 else present[0]
+
+
+@triton_op("aef_kernels::pyramid_exchange_fwd", mutates_args=())
+def _exchange_fwd(xs: torch.Tensor, xt: torch.Tensor, xp: torch.Tensor,
+                  p_to_s_w: torch.Tensor, p_to_s_b: Optional[torch.Tensor],
+                  t_to_s_w: torch.Tensor, t_to_s_b: Optional[torch.Tensor],
+                  p_to_t_w: torch.Tensor, p_to_t_b: Optional[torch.Tensor],
+                  s_to_t_w: torch.Tensor, s_to_t_b: Optional[torch.Tensor],
+                  t_to_p_w: torch.Tensor, t_to_p_b: Optional[torch.Tensor],
+                  s_to_p_w: torch.Tensor, s_to_p_b: Optional[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ts = xt.shape[1] // xs.shape[1]
+    pt = xp.shape[1] // xt.shape[1]
+    dt = xs.dtype
+    ys = _exchange(tuple(xs.shape), dt, xs.device, own=xs, bias=_sum_bias(p_to_s_b, t_to_s_b),
+                   downs=((xp, _pack_down(p_to_s_w), ts * pt), (xt, _pack_down(t_to_s_w), ts)))
+    u_st = _linear_lowres(xs, s_to_t_w, s_to_t_b)
+    yt = _exchange(tuple(xt.shape), dt, xt.device, own=xt, bias=p_to_t_b,
+                   downs=((xp, _pack_down(p_to_t_w), pt),), ups=((u_st, ts),))
+    u_tp = _linear_lowres(xt, t_to_p_w, t_to_p_b)
+    u_sp = _linear_lowres(xs, s_to_p_w, s_to_p_b)
+    yp = _exchange(tuple(xp.shape), dt, xp.device, own=xp, ups=((u_tp, pt), (u_sp, ts * pt)))
+    return ys, yt, yp
+
+
+@triton_op("aef_kernels::pyramid_exchange_bwd", mutates_args=())
+def _exchange_bwd(dys: torch.Tensor, dyt: torch.Tensor, dyp: torch.Tensor, xs: torch.Tensor, xt: torch.Tensor,
+                  xp: torch.Tensor, p_to_s_w: torch.Tensor, t_to_s_w: torch.Tensor, p_to_t_w: torch.Tensor,
+                  s_to_t_w: torch.Tensor, t_to_p_w: torch.Tensor, s_to_p_w: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dxs, dxt, dxp, then (dweight, dbias) of p_to_s, t_to_s, p_to_t, s_to_t, t_to_p, s_to_p)."""
+    ts = xt.shape[1] // xs.shape[1]
+    pt = xp.shape[1] // xt.shape[1]
+    ps = ts * pt
+    du_st = _up_adjoint(dyt, xs.shape[1:3], ts)
+    du_sp = _up_adjoint(dyp, xs.shape[1:3], ps)
+    du_tp = _up_adjoint(dyp, xt.shape[1:3], pt)
+    dt = xs.dtype
+    dxs = _exchange(tuple(xs.shape), dt, xs.device, own=dys,
+                    downs=((du_st.to(dt), s_to_t_w.contiguous(), 1), (du_sp.to(dt), s_to_p_w.contiguous(), 1)))
+    dxt = _exchange(tuple(xt.shape), dt, xt.device, own=dyt, downs=((du_tp.to(dt), t_to_p_w.contiguous(), 1),))
+    dxt = _down_dgrad(dys, t_to_s_w, ts, tuple(xt.shape), prev=dxt)
+    dxp = _down_dgrad(dys, p_to_s_w, ps, tuple(xp.shape), prev=dyp)
+    dxp = _down_dgrad(dyt, p_to_t_w, pt, tuple(xp.shape), prev=dxp)
+    dw_ps, db_s = _down_weight_grad(xp, dys, ps, p_to_s_w)
+    dw_ts, db_ts = _down_weight_grad(xt, dys, ts, t_to_s_w)
+    dw_pt, db_t = _down_weight_grad(xp, dyt, pt, p_to_t_w)
+    dw_st, db_st = _linear_weight_grad(xs, du_st, s_to_t_w)
+    dw_tp, db_tp = _linear_weight_grad(xt, du_tp, t_to_p_w)
+    dw_sp, db_sp = _linear_weight_grad(xs, du_sp, s_to_p_w)
+    return (dxs, dxt, dxp, dw_ps, db_s.to(dt), dw_ts, db_ts.to(dt), dw_pt, db_t.to(dt), dw_st, db_st.to(dt),
+            dw_tp, db_tp.to(dt), dw_sp, db_sp.to(dt))
+
+
+def _exchange_setup(ctx, inputs, output):
+    xs, xt, xp, *params = inputs
+    ctx.has_bias = [b is not None for b in params[1::2]]
+    ctx.save_for_backward(xs, xt, xp, *params[0::2])
+
+
+def _exchange_backward(ctx, dys, dyt, dyp):
+    xs, xt, xp, *weights = ctx.saved_tensors
+    grads = _exchange_bwd(dys.contiguous(), dyt.contiguous(), dyp.contiguous(), xs, xt, xp, *weights)
+    out = list(grads[:3])
+    for k, has in enumerate(ctx.has_bias):
+        out += [grads[3 + 2 * k], grads[4 + 2 * k] if has else None]
+    return tuple(out)
+
+
+_exchange_fwd.register_autograd(_exchange_backward, setup_context=_exchange_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dispatcher entry points.
+
+def _cast(t, dtype):
+    return None if t is None else t.to(dtype)
+
+
+def _power_of_two(f: int) -> bool:
+    return f >= 1 and f & (f - 1) == 0
+
+
+def _down_reasons(x, weight, bias, factor):
+    return device_reasons(x, weight, bias) + checks.kernel_dtype_reasons(x)
+
+
+def _up_reasons(x, weight, bias, factor):
+    reasons = device_reasons(x, weight, bias) + checks.kernel_dtype_reasons(x)
+    if not _power_of_two(factor):
+        reasons.append(f"factor {factor} is not a power of two (the gather needs an exact 1/factor)")
+    return reasons
+
+
+@dispatch.register("resample_down", "triton", reasons=_down_reasons)
+def resample_down(x, weight, bias, factor):
+    return _down_fwd(x.contiguous(), weight.to(x.dtype), _cast(bias, x.dtype), factor)
+
+
+@dispatch.register("resample_up", "triton", reasons=_up_reasons)
+def resample_up(x, weight, bias, factor):
+    return _up_fwd(x.contiguous(), weight.to(x.dtype), _cast(bias, x.dtype), factor)
+
+
+def _exchange_reasons(xs, xt, xp, params):
+    reasons = device_reasons(xs, xt, xp, *params) + checks.kernel_dtype_reasons(xs)
+    ts = xt.shape[1] // xs.shape[1]
+    pt = xp.shape[1] // xt.shape[1]
+    if not (_power_of_two(ts) and _power_of_two(pt)):
+        reasons.append(f"resolution ratios {ts}, {pt} are not powers of two")
+    return reasons
+
+
+@dispatch.register("pyramid_exchange", "triton", reasons=_exchange_reasons)
+def pyramid_exchange(xs, xt, xp, params: ExchangeParams):
+    dt = xs.dtype
+    return _exchange_fwd(xs.contiguous(), xt.contiguous(), xp.contiguous(), *(_cast(p, dt) for p in params))
+
+
+# ------------------------------------------------------------------------------------------------
+# Ahead-of-time compilation.
+
+PRESET_WIDTHS = ((16, 32, 64), (64, 256, 512), (96, 384, 768), (128, 512, 1024))  # (d_p, d_t, d_s)
+
+
+def aot_specs() -> list[AOTSpec]:
+    from .precision import _sig
+
+    specs: dict[tuple, AOTSpec] = {}
+
+    def add(name, kernel, args, constexprs, num_warps, num_stages):
+        sig = _sig(args, constexprs)
+        key = (kernel, tuple(sig.items()), tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps,
+               num_stages)
+        if key not in specs:
+            specs[key] = AOTSpec(name, kernel, sig, constexprs, num_warps, num_stages)
+
+    for dtype, ty in _TL_DTYPES.items():
+        p = f"*{ty}"
+        for dp, dt_, ds in PRESET_WIDTHS:
+            # (name, cins of the downs, cout, num_down, num_up, own, bias, input pointer type, out type)
+            passes = [("down", (dp,), dt_, 1, 0, False, True), ("down", (dt_,), ds, 1, 0, False, True),
+                      ("down", (dp,), ds, 1, 0, False, True),
+                      ("up_gather", (), dp, 0, 1, False, False), ("up_gather", (), dt_, 0, 1, False, False),
+                      ("exch_s", (dp, dt_), ds, 2, 0, True, True), ("exch_t", (dp,), dt_, 1, 1, True, True),
+                      ("exch_p", (), dp, 0, 2, True, False),
+                      ("bwd_s", (dt_, dp), ds, 2, 0, True, False), ("bwd_t", (dp,), dt_, 1, 0, True, False)]
+            lowres = [("linear", (ds,), dt_), ("linear", (ds,), dp), ("linear", (dt_,), dp),
+                      ("linear", (dp,), dt_), ("linear", (dp,), ds), ("linear", (dt_,), ds)]
+            passes += [(n, cins, cout, 1, 0, False, True, "*fp32") for n, cins, cout in lowres]
+            for entry in passes:
+                name, cins, cout, nd, nu, own, bias = entry[:7]
+                out_ty = entry[7] if len(entry) > 7 else p
+                cfg = _gemm_config(cins, cout, dtype)
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+                args = [("out_ptr", out_ty), ("own_ptr", p), ("bias_ptr", p), ("a1_ptr", p), ("w1_ptr", p),
+                        ("a2_ptr", p), ("w2_ptr", p), ("u1_ptr", "*fp32"), ("u2_ptr", "*fp32"), ("M", "i32"),
+                        ("HO", "i32"), ("WO", "i32"), ("COUT", "i32"), ("CIN1", "i32"), ("F1", "i32"),
+                        ("CIN2", "i32"), ("F2", "i32"), ("HU1", "i32"), ("WU1", "i32"), ("INV_F1", "fp32"),
+                        ("HU2", "i32"), ("WU2", "i32"), ("INV_F2", "fp32"), ("NUM_DOWN", ""), ("NUM_UP", ""),
+                        ("HAS_OWN", ""), ("HAS_BIAS", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""),
+                        ("BLOCK_K1", ""), ("BLOCK_K2", "")]
+                ce = dict(NUM_DOWN=nd, NUM_UP=nu, HAS_OWN=own, HAS_BIAS=bias, DOT_PREC=_dot_prec(dtype), **cfg)
+                add(f"exchange_{name}_{ty}_{'x'.join(map(str, cins))}to{cout}", _exchange_kernel, args, ce, nw, ns)
+            for c in (dp, dt_):
+                cfg = _adjoint_config(c)
+                nw = cfg.pop("num_warps")
+                args = [("dy_ptr", p), ("du_ptr", "*fp32"), ("M", "i32"), ("HU", "i32"), ("WU", "i32"),
+                        ("HO", "i32"), ("WO", "i32"), ("C", "i32"), ("F", "i32"), ("INV_F", "fp32"),
+                        ("BLOCK_M", ""), ("BLOCK_C", "")]
+                add(f"up_adjoint_{ty}_{c}", _up_adjoint_kernel, args, cfg, nw, 1)
+            # down-sampling convs (cin, cout, factor) of the exchange and of path initialisation
+            for cin, cout, f in ((dp, ds, 8), (dt_, ds, 2), (dp, dt_, 4)):
+                cfg = _dgrad_config(f * f * cin, cout, dtype)
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+                for prev in (False, True):
+                    args = [("dy_ptr", p), ("wt_ptr", p), ("prev_ptr", p), ("dx_ptr", p), ("M", "i32"),
+                            ("HO", "i32"), ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"),
+                            ("HAS_PREV", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
+                    ce = dict(HAS_PREV=prev, DOT_PREC=_dot_prec(dtype), **cfg)
+                    add(f"down_dgrad_{ty}_{cin}to{cout}_f{f}", _down_dgrad_kernel, args, ce, nw, ns)
+            for cin, cout in ((dp, ds), (dt_, ds), (dp, dt_), (ds, dt_), (dt_, dp), (ds, dp)):
+                cfg = _wgrad_config(cin, cout, dtype)
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+                args = [("a_ptr", p), ("dy_ptr", p), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"), ("M", "i32"),
+                        ("HO", "i32"), ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"),
+                        ("CHUNK", "i32"), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_K", ""), ("BLOCK_CO", "")]
+                ce = dict(DOT_PREC=_dot_prec(dtype), **cfg)
+                add(f"s2d_wgrad_{ty}_{cin}to{cout}", _s2d_wgrad_kernel, args, ce, nw, ns)
+    return list(specs.values())

@@ -1,0 +1,292 @@
+"""Triton sphere ops: vMF-mean normalisation and the batch-uniformity loss (KERNELS.md §4).
+
+Both are memory bound, so each direction is one pass over the data:
+
+- ``vmf_normalize``: a program owns ``BLOCK_R`` whole rows (``BLOCK_D >= D``), computes their float32
+  norms and writes ``x / max(|x|, eps)``. The backward re-reads x (cheaper than saving and re-reading
+  y and the norms) with the incoming gradient and writes dx.
+- ``batch_uniformity_loss``: rows are (b, position) pairs of u viewed as (B, M, D). A program loads
+  ``BLOCK_R`` rows and their partners in sample b-1, stores the float32 dots (saved for the backward)
+  and one partial sum of |dot| per program; a single-program kernel then adds the partials in a
+  fixed order. No atomics, so the loss is bitwise reproducible. The backward of row b needs rows
+  b-1 and b+1 and the signs of the two dots it takes part in.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+from torch._subclasses.fake_tensor import is_fake
+
+from .. import dispatch
+from ..checks import kernel_dtype_reasons
+from .aot import AOTSpec
+from .common import INTERPRET, device_reasons
+
+# Rows longer than this would need a multi-pass loop over D; the model's embeddings are 64 wide.
+MAX_D = 2048
+MIN_BLOCK_D = 32
+# Elements per program: enough loads in flight for bandwidth, few enough to stay in registers (per-row
+# int64 index math costs registers too, hence the cap on rows).
+TILE_ELEMENTS = 1024
+MAX_BLOCK_R = 32
+PARTIAL_BLOCK = 1024
+_TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Launch ``kernel`` through ``wrap_triton`` so tracing and fake tensors see it.
+
+    Under the interpreter ``wrap_triton`` hands back the raw kernel, which would dereference the
+    fake tensors of a fake-mode run (opcheck, meta propagation); there the output allocation alone
+    is the fake implementation, so the launch is skipped.
+    """
+    if INTERPRET and any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
+        return
+    wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def _row_blocks(D: int) -> tuple[int, int]:
+    block_d = max(MIN_BLOCK_D, triton.next_power_of_2(D))
+    return max(1, min(MAX_BLOCK_R, TILE_ELEMENTS // block_d)), block_d
+
+
+def _num_warps(block_d: int) -> int:
+    return 4 if block_d <= 1024 else 8
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as (rows, D) with unit stride along D; copies only layouts that cannot be viewed so."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 or x2.shape[-1] == 1 else x2.contiguous()
+
+
+@triton.jit
+def _vmf_normalize_fwd_kernel(x_ptr, y_ptr, n_rows, D, stride_x, eps,
+                              BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
+    y = x * inv[:, None]
+    tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _vmf_normalize_bwd_kernel(g_ptr, x_ptr, dx_ptr, n_rows, D, stride_g, stride_x, eps,
+                              BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    inv = 1.0 / tl.maximum(norm, eps)
+    # Below eps the denominator is the constant eps, so the norm's own gradient drops out.
+    radial = tl.where(norm >= eps, tl.sum(g * x, axis=1) * inv * inv * inv, 0.0)
+    dx = g * inv[:, None] - x * radial[:, None]
+    tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _uniformity_fwd_kernel(u_ptr, dots_ptr, partial_ptr, n_rows, B, M, D, stride_b, stride_m,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    b = rows // M
+    m = rows - b * M
+    prev = tl.where(b == 0, B - 1, b - 1)
+    here = tl.load(u_ptr + (b * stride_b + m * stride_m)[:, None] + cols[None, :], mask=mask, other=0.0)
+    there = tl.load(u_ptr + (prev * stride_b + m * stride_m)[:, None] + cols[None, :], mask=mask, other=0.0)
+    dots = tl.sum(here.to(tl.float32) * there.to(tl.float32), axis=1)
+    tl.store(dots_ptr + rows, dots, mask=row_ok)
+    tl.store(partial_ptr + pid, tl.sum(tl.where(row_ok, tl.abs(dots), 0.0), axis=0))
+
+
+@triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, n_partials, count, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n_partials, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(partial_ptr + offs, mask=offs < n_partials, other=0.0)
+    tl.store(out_ptr, (tl.sum(acc, axis=0) / count).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _uniformity_bwd_kernel(g_ptr, u_ptr, dots_ptr, du_ptr, n_rows, B, M, D, stride_b, stride_m, count,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & (cols[None, :] < D)
+    b = rows // M
+    m = rows - b * M
+    prev = tl.where(b == 0, B - 1, b - 1)
+    nxt = tl.where(b == B - 1, 0, b + 1)
+    # Row b appears in two terms: |u[b] . u[b-1]| (its own dot) and |u[b+1] . u[b]| (row b+1's).
+    d_own = tl.load(dots_ptr + rows, mask=row_ok, other=0.0)
+    d_next = tl.load(dots_ptr + nxt * M + m, mask=row_ok, other=0.0)
+    g = tl.load(g_ptr).to(tl.float32) / count
+    s_own = tl.where(d_own > 0, g, tl.where(d_own < 0, -g, 0.0))
+    s_next = tl.where(d_next > 0, g, tl.where(d_next < 0, -g, 0.0))
+    u_prev = tl.load(u_ptr + (prev * stride_b + m * stride_m)[:, None] + cols[None, :], mask=mask, other=0.0)
+    u_next = tl.load(u_ptr + (nxt * stride_b + m * stride_m)[:, None] + cols[None, :], mask=mask, other=0.0)
+    du = s_own[:, None] * u_prev.to(tl.float32) + s_next[:, None] * u_next.to(tl.float32)
+    tl.store(du_ptr + rows[:, None] * D + cols[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
+
+
+@triton_op("aef_kernels::vmf_normalize_fwd", mutates_args=())
+def vmf_normalize_fwd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x2 = _rows(x)
+    n_rows, D = x2.shape
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if n_rows:
+        block_r, block_d = _row_blocks(D)
+        launch(_vmf_normalize_fwd_kernel, (triton.cdiv(n_rows, block_r),), x2, y, n_rows, D, x2.stride(0),
+               eps, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_num_warps(block_d))
+    return y
+
+
+@triton_op("aef_kernels::vmf_normalize_bwd", mutates_args=())
+def vmf_normalize_bwd(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    x2, g2 = _rows(x), _rows(grad)
+    n_rows, D = x2.shape
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if n_rows:
+        block_r, block_d = _row_blocks(D)
+        launch(_vmf_normalize_bwd_kernel, (triton.cdiv(n_rows, block_r),), g2, x2, dx, n_rows, D,
+               g2.stride(0), x2.stride(0), eps, BLOCK_R=block_r, BLOCK_D=block_d,
+               num_warps=_num_warps(block_d))
+    return dx
+
+
+def _vmf_setup_context(ctx, inputs, output):
+    x, eps = inputs
+    ctx.save_for_backward(x)
+    ctx.eps = eps
+
+
+def _vmf_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return vmf_normalize_bwd(grad, x, ctx.eps), None
+
+
+vmf_normalize_fwd.register_autograd(_vmf_backward, setup_context=_vmf_setup_context)
+
+
+def _batch_rows(u: torch.Tensor) -> torch.Tensor:
+    """u (B, ..., D) as (B, M, D) with unit stride along D."""
+    u3 = u.reshape(u.shape[0], -1, u.shape[-1])
+    return u3 if u3.stride(-1) == 1 or u3.shape[-1] == 1 else u3.contiguous()
+
+
+@triton_op("aef_kernels::batch_uniformity_loss_fwd", mutates_args=())
+def batch_uniformity_loss_fwd(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the loss and the float32 dots u[b] . u[b-1] per (b, position), saved for the backward."""
+    u3 = _batch_rows(u)
+    B, M, D = u3.shape
+    n_rows = B * M
+    block_r, block_d = _row_blocks(D)
+    n_blocks = triton.cdiv(n_rows, block_r)
+    dots = torch.empty((B, M), dtype=torch.float32, device=u.device)
+    partials = torch.empty((n_blocks,), dtype=torch.float32, device=u.device)
+    loss = torch.empty((), dtype=u.dtype, device=u.device)
+    if n_rows:
+        launch(_uniformity_fwd_kernel, (n_blocks,), u3, dots, partials, n_rows, B, M, D, u3.stride(0),
+               u3.stride(1), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_num_warps(block_d))
+    launch(_sum_partials_kernel, (1,), partials, loss, n_blocks, float(n_rows), BLOCK=PARTIAL_BLOCK)
+    return loss, dots
+
+
+@triton_op("aef_kernels::batch_uniformity_loss_bwd", mutates_args=())
+def batch_uniformity_loss_bwd(grad: torch.Tensor, u: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
+    u3 = _batch_rows(u)
+    B, M, D = u3.shape
+    n_rows = B * M
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    if n_rows:
+        block_r, block_d = _row_blocks(D)
+        launch(_uniformity_bwd_kernel, (triton.cdiv(n_rows, block_r),), grad, u3, dots, du, n_rows, B, M, D,
+               u3.stride(0), u3.stride(1), float(n_rows), BLOCK_R=block_r, BLOCK_D=block_d,
+               num_warps=_num_warps(block_d))
+    return du
+
+
+def _uniformity_setup_context(ctx, inputs, output):
+    (u,) = inputs
+    _, dots = output
+    ctx.mark_non_differentiable(dots)
+    ctx.save_for_backward(u, dots)
+
+
+def _uniformity_backward(ctx, grad_loss, grad_dots):
+    u, dots = ctx.saved_tensors
+    return batch_uniformity_loss_bwd(grad_loss, u, dots)
+
+
+batch_uniformity_loss_fwd.register_autograd(_uniformity_backward, setup_context=_uniformity_setup_context)
+
+
+def _width_reasons(name: str, t: torch.Tensor) -> list[str]:
+    if t.shape[-1] > MAX_D:
+        return [f"{name}: last dim {t.shape[-1]} exceeds the Triton kernels' limit of {MAX_D}"]
+    return []
+
+
+def _vmf_reasons(x, eps) -> list[str]:
+    return device_reasons(x) + kernel_dtype_reasons(x) + _width_reasons("x", x)
+
+
+def _uniformity_reasons(u) -> list[str]:
+    return device_reasons(u) + kernel_dtype_reasons(u) + _width_reasons("u", u)
+
+
+@dispatch.register("vmf_normalize", "triton", reasons=_vmf_reasons)
+def vmf_normalize(x, eps):
+    return vmf_normalize_fwd(x, eps)
+
+
+@dispatch.register("batch_uniformity_loss", "triton", reasons=_uniformity_reasons)
+def batch_uniformity_loss(u):
+    return batch_uniformity_loss_fwd(u)[0]
+
+
+def aot_specs() -> list[AOTSpec]:
+    """Every (kernel, dtype, BLOCK_D) the launchers above can pick: BLOCK_D is a power of two in
+    [MIN_BLOCK_D, MAX_D] and fixes BLOCK_R and num_warps."""
+    specs = []
+    block_ds = [1 << p for p in range(MIN_BLOCK_D.bit_length() - 1, MAX_D.bit_length())]
+    for torch_dtype, t in _TL_DTYPES.items():
+        for block_d in block_ds:
+            block_r, _ = _row_blocks(block_d)
+            blocks = {"BLOCK_R": block_r, "BLOCK_D": block_d}
+            warps = _num_warps(block_d)
+            suffix = f"{t}_D{block_d}"
+            specs += [
+                AOTSpec(f"vmf_normalize_fwd_{suffix}", _vmf_normalize_fwd_kernel,
+                        {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "n_rows": "i32", "D": "i32", "stride_x": "i32",
+                         "eps": "fp32", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}, blocks, warps),
+                AOTSpec(f"vmf_normalize_bwd_{suffix}", _vmf_normalize_bwd_kernel,
+                        {"g_ptr": f"*{t}", "x_ptr": f"*{t}", "dx_ptr": f"*{t}", "n_rows": "i32", "D": "i32",
+                         "stride_g": "i32", "stride_x": "i32", "eps": "fp32", "BLOCK_R": "constexpr",
+                         "BLOCK_D": "constexpr"}, blocks, warps),
+                AOTSpec(f"uniformity_fwd_{suffix}", _uniformity_fwd_kernel,
+                        {"u_ptr": f"*{t}", "dots_ptr": "*fp32", "partial_ptr": "*fp32", "n_rows": "i32",
+                         "B": "i32", "M": "i32", "D": "i32", "stride_b": "i32", "stride_m": "i32",
+                         "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}, blocks, warps),
+                AOTSpec(f"uniformity_bwd_{suffix}", _uniformity_bwd_kernel,
+                        {"g_ptr": f"*{t}", "u_ptr": f"*{t}", "dots_ptr": "*fp32", "du_ptr": f"*{t}",
+                         "n_rows": "i32", "B": "i32", "M": "i32", "D": "i32", "stride_b": "i32",
+                         "stride_m": "i32", "count": "fp32", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
+                        blocks, warps),
+            ]
+        specs.append(AOTSpec(f"sum_partials_{t}", _sum_partials_kernel,
+                             {"partial_ptr": "*fp32", "out_ptr": f"*{t}", "n_partials": "i32", "count": "fp32",
+                              "BLOCK": "constexpr"}, {"BLOCK": PARTIAL_BLOCK}))
+    return specs

@@ -1,0 +1,59 @@
+// Shared by every launcher and by the bindings: status codes, dtype codes and argument checks that
+// run on the host before any launch, so bad arguments are caught (and testable) without a GPU.
+#pragma once
+
+#include <cstdint>
+
+namespace aef {
+
+// A launcher returns 0 on success, a positive cudaError_t from the launch, or one of these
+// (negative, so the two ranges never collide).
+enum Status : int {
+  kOk = 0,
+  kNullPointer = -1,
+  kBadSize = -2,
+  kBadDtype = -3,
+  kBadStride = -4,
+  kBadEps = -5,
+};
+
+inline const char* status_string(int code) {
+  switch (code) {
+    case kOk: return "success";
+    case kNullPointer: return "null data pointer";
+    case kBadSize: return "sizes must be positive";
+    case kBadDtype: return "unknown dtype code (0 = float32, 1 = float16, 2 = bfloat16)";
+    case kBadStride: return "bad row stride (input stride must be >= 0; output rows must not overlap)";
+    case kBadEps: return "eps must be >= 0 (and not NaN)";
+    default: return nullptr;  // not ours: a cudaError_t
+  }
+}
+
+// Must match aef_kernels/cuda/_launch.py DTYPE_CODES.
+enum Dtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+inline bool valid_dtype(int dtype) { return dtype == kFloat32 || dtype == kFloat16 || dtype == kBFloat16; }
+
+// Checks shared by launchers over (rows, D) matrices with a row stride and a contiguous last dim.
+inline int check_rows_args(uintptr_t x, uintptr_t y, int64_t rows, int64_t D, int64_t x_row_stride,
+                           int64_t y_row_stride, int dtype) {
+  if (x == 0 || y == 0) return kNullPointer;
+  if (rows <= 0 || D <= 0) return kBadSize;
+  if (!valid_dtype(dtype)) return kBadDtype;
+  if (x_row_stride < 0) return kBadStride;
+  if (rows > 1 && y_row_stride < D) return kBadStride;
+  return kOk;
+}
+
+// True when every row of a (rows, D) matrix at `ptr` starts on a `bytes` boundary and D fills whole
+// `bytes` chunks, so each row can be moved in `bytes`-wide vectors.
+inline bool rows_aligned(uintptr_t ptr, int64_t rows, int64_t D, int64_t row_stride, int elem, int bytes) {
+  const int64_t vec = bytes / elem;
+  return ptr % bytes == 0 && D % vec == 0 && (rows == 1 || row_stride % vec == 0);
+}
+
+constexpr int64_t kMaxGridX = 2147483647;  // grid axis 0 limit; kernels loop past it (grid-stride)
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace aef

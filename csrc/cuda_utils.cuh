@@ -1,0 +1,71 @@
+// Device-side helpers shared by the kernels: element conversion, 16-byte packs, group reductions and
+// the launch over a grid of rows.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.h"
+
+namespace aef {
+
+// Arithmetic is float32 whatever the storage type.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// N elements moved as one aligned access (one 128-bit load/store when sizeof(T) * N == 16).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ float sum_squares(const Pack<T, N>& p) {
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float f = to_float(p.v[i]);
+    s = fmaf(f, f, s);
+  }
+  return s;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> scaled(const Pack<T, N>& p, float s) {
+  Pack<T, N> out;
+#pragma unroll
+  for (int i = 0; i < N; ++i) out.v[i] = from_float<T>(to_float(p.v[i]) * s);
+  return out;
+}
+
+// Sum over aligned groups of LANES consecutive lanes; every lane of the warp must call it.
+template <int LANES>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int offset = LANES / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset, LANES);
+  return v;
+}
+
+// Blocks covering `rows` rows at `rows_per_block` each, capped at the axis-0 limit: kernels
+// grid-stride over rows, so any row count runs.
+inline dim3 grid_for_rows(int64_t rows, int rows_per_block) {
+  return dim3(static_cast<unsigned>(std::min(cdiv(rows, rows_per_block), kMaxGridX)));
+}
+
+inline cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+}  // namespace aef

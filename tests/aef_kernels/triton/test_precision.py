@@ -1,0 +1,167 @@
+"""Triton precision operator and group_norm_nhwc against the reference (float32, interpreter on CPU).
+
+Every output buffer the kernels allocate is poisoned with NaN (PyTorch fills uninitialised memory
+with NaN in deterministic mode), so an element a kernel forgets to write fails the comparison.
+"""
+
+import pytest
+import torch
+
+import aef_kernels as K
+from aef_kernels import dispatch
+from aef_kernels.reference import precision as ref
+from aef_kernels.triton import precision as tri
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(autouse=True)
+def nan_poison():
+    """torch.empty and friends return NaN-filled memory for the duration of a test."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+def make_inputs(N, H, W, C, dtype=torch.float32, param_dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(device=DEVICE)
+
+    x = t(N, H, W, C, scale=2.0, shift=0.5).to(dtype).requires_grad_()
+    params = [t(C, scale=0.2, shift=1.0), t(C, scale=0.2), t(4 * C, C, 3, 3, scale=0.15), t(4 * C, scale=0.2),
+              t(C, 4 * C, 3, 3, scale=0.1), t(C, scale=0.2)]
+    return x, [p.to(param_dtype).requires_grad_() for p in params]
+
+
+def grads(y, inputs, seed=1):
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y)
+    return torch.autograd.grad(y, inputs, dy)
+
+
+def test_poison_is_active():
+    """The NaN poison this module relies on is in force (else the 'unwritten element' checks are void)."""
+    assert torch.empty(8).isnan().all()
+
+
+# (N, H, W, C, groups): odd and non-square sizes down to 1x1, channel counts that are not powers of
+# two; 2x7x7 spans several 32-pixel blocks, so the weight gradient reduces more than one partial.
+SHAPES = [(1, 1, 1, 16, 8), (2, 3, 5, 24, 12), (2, 7, 7, 16, 8), (1, 2, 3, 96, 32)]
+
+
+@pytest.mark.parametrize("N,H,W,C,G", SHAPES)
+def test_precision_operator_matches_reference(N, H, W, C, G):
+    """Forward and the gradients of x and all six parameters equal the reference's."""
+    x, params = make_inputs(N, H, W, C)
+    inputs = [x] + params
+    y = K.precision_operator(x, *params, G, backend="triton")
+    y_ref = ref.precision_operator(x, *params, G, 1e-5)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_precision_operator_without_grad_matches_reference():
+    """The inference path (no pre-activation stored) gives the same output."""
+    x, params = make_inputs(2, 3, 4, 16)
+    with torch.no_grad():
+        y = K.precision_operator(x, *params, 8, backend="triton")
+        y_ref = ref.precision_operator(x, *params, 8, 1e-5)
+    torch.testing.assert_close(y, y_ref, **TOL)
+
+
+def test_precision_operator_params_in_other_dtype():
+    """float64 parameters are cast to x's dtype and their gradients come back in float64."""
+    x, params = make_inputs(1, 3, 3, 16, param_dtype=torch.float64)
+    y = K.precision_operator(x, *params, 8, backend="triton")
+    y_ref = ref.precision_operator(x, *params, 8, 1e-5)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref, **TOL)
+    got, want = grads(y, [x] + params), grads(y_ref, [x] + params)
+    assert [g.dtype for g in got] == [torch.float32] + [torch.float64] * 6
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_precision_operator_strided_input():
+    """x whose frames are not contiguous (only the last dim is) is handled like its contiguous copy."""
+    x, params = make_inputs(4, 3, 3, 16)
+    xs = x[::2]
+    y = K.precision_operator(xs, *params, 8, backend="triton")
+    torch.testing.assert_close(y, ref.precision_operator(xs, *params, 8, 1e-5), **TOL)
+
+
+def test_precision_backward_is_deterministic():
+    """Two backward passes give bitwise-identical gradients (partial sums, no float atomics)."""
+    x, params = make_inputs(2, 7, 7, 16)
+    first = grads(K.precision_operator(x, *params, 8, backend="triton"), [x] + params)
+    second = grads(K.precision_operator(x, *params, 8, backend="triton"), [x] + params)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("N,H,W,C,G", [(1, 1, 1, 16, 4), (2, 3, 5, 24, 12), (1, 6, 40, 12, 4)])
+def test_group_norm_nhwc_matches_reference(N, H, W, C, G, activation, affine):
+    """group_norm_nhwc forward and gradients (x, weight, bias) equal the reference's; 6x40 spans
+    several statistics chunks."""
+    x, params = make_inputs(N, H, W, C)
+    weight, bias = (params[0], params[1]) if affine else (None, None)
+    inputs = [x] + ([weight, bias] if affine else [])
+    y = K.group_norm_nhwc(x, weight, bias, G, activation=activation, backend="triton")
+    y_ref = ref.group_norm_nhwc(x, weight, bias, G, 1e-5, activation)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_group_norm_statistics_are_stable():
+    """A large common offset does not destroy the variance (no E[x^2] - E[x]^2 cancellation)."""
+    g = torch.Generator().manual_seed(0)
+    x = (100.0 + 0.1 * torch.randn(1, 9, 11, 8, generator=g)).to(DEVICE)
+    y = K.group_norm_nhwc(x, None, None, 2, backend="triton")
+    want = ref.group_norm_nhwc(x.double(), None, None, 2, 1e-5, None).float()
+    torch.testing.assert_close(y, want, rtol=1e-3, atol=1e-3)
+
+
+def test_triton_backend_accepts_these_inputs():
+    """The dispatcher reports no reason against the Triton backend for supported inputs."""
+    x, params = make_inputs(1, 2, 2, 16)
+    assert dispatch.not_supported_reasons("precision_operator", "triton", x, *params, 8, 1e-5) == []
+    assert dispatch.not_supported_reasons("group_norm_nhwc", "triton", x, None, None, 8, 1e-5, None) == []
+    x64 = x.detach().double()
+    assert dispatch.not_supported_reasons("group_norm_nhwc", "triton", x64, None, None, 8, 1e-5, None)
+
+
+def _opcheck_cases():
+    x, params = make_inputs(1, 2, 3, 16)
+    x = x.detach().requires_grad_()
+    p = [t.detach().requires_grad_() for t in params]
+    fwd = (x, *p, 8, 1e-5, True)
+    y, h, z1, mean, rstd = tri._precision_fwd(*(t.detach() if isinstance(t, torch.Tensor) else t for t in fwd))
+    bwd = (torch.randn_like(y), x.detach(), p[0].detach(), p[1].detach(), p[2].detach(), p[4].detach(), h, z1,
+           mean, rstd)
+    gn = (x, p[0], p[1], 8, 1e-5, True)
+    gn_out = tri._group_norm_fwd(*(t.detach() if isinstance(t, torch.Tensor) else t for t in gn))
+    gn_bwd = (torch.randn_like(x), x.detach(), p[0].detach(), p[1].detach(), gn_out[1], gn_out[2], True)
+    return {"precision_fwd": (tri._precision_fwd, fwd), "precision_bwd": (tri._precision_bwd, bwd),
+            "group_norm_fwd": (tri._group_norm_fwd, gn), "group_norm_bwd": (tri._group_norm_bwd, gn_bwd)}
+
+
+# test_faketensor and test_aot_dispatch_dynamic need a GPU: they run the triton_op body on fake
+# tensors, and the Triton interpreter dereferences the storage of every tensor argument ("Attempted to
+# set the storage of a tensor on device meta to a storage on ... cpu"); KERNELS.md §3.
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration") + (
+    ("test_faketensor", "test_aot_dispatch_dynamic") if torch.cuda.is_available() else ())
+
+
+@pytest.mark.parametrize("case", ["precision_fwd", "precision_bwd", "group_norm_fwd", "group_norm_bwd"])
+def test_opcheck(case):
+    """torch.library.opcheck: schema, autograd registration and fake-tensor propagation hold."""
+    op, args = _opcheck_cases()[case]
+    torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
