@@ -107,10 +107,10 @@ class CMakeBuild(build_ext):
             f"-DAEF_RESOURCE_REPORT={extdir / RESOURCE_REPORT}",
         ]
         if nvcc:
-            print(f"aef_kernels: building CUDA kernels with {nvcc} for archs {archs}", flush=True)
+            print(f"aef-kernels: building CUDA kernels with {nvcc} for archs {archs}", flush=True)
             args += ["-DAEF_WITH_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DAEF_CUDA_ARCHS={archs}"]
         else:
-            print(f"aef_kernels: CUDA kernels SKIPPED ({skip_reason}); building the C++-only "
+            print(f"aef-kernels: CUDA kernels SKIPPED ({skip_reason}); building the C++-only "
                   "extension, the cuda backend will be unavailable", flush=True)
             args += ["-DAEF_WITH_CUDA=OFF", f"-DAEF_CUDA_SKIP_REASON={skip_reason}"]
 

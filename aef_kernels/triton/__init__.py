@@ -18,7 +18,7 @@ except Exception as exc:  # ImportError, or a broken install raising anything el
 else:
     AVAILABLE = True
 
-OP_MODULES: tuple[str, ...] = ("precision", "resample")
+OP_MODULES: tuple[str, ...] = ("attention", "precision", "resample", "sphere")
 
 if AVAILABLE:
     for _name in OP_MODULES:

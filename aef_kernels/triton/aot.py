@@ -118,7 +118,7 @@ def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
     match = re.search(rf"Function {re.escape(name)}:\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)", out)
     if match is None:
         raise RuntimeError(f"cuobjdump reported no resource usage for {name}:\n{out}")
-    return int(match.group(1)), int(match.group(3))
+    return int(match.group(1)), int(match.group(2)) + int(match.group(3))
 
 
 def compile_spec(spec: AOTSpec, cc: int) -> AOTResult:

@@ -46,10 +46,10 @@ from .common import device_reasons
 from .sphere import launch
 
 HEAD_DIMS = (16, 32, 64, 128)
-SINGLE_TILE_MAX_T = 64
-# Rows and columns of the score tile. 64 x 64 keeps the backward's three accumulators and four
-# operand tiles in registers; for d = 128 the backward gets twice the warps.
-TILE = 64
+# Rows and columns of the score tile, which is also the longest T (and Tq) of the single-tile path.
+# 64 x 64 keeps the backward's three accumulators and four operand tiles of 16-bit inputs on chip;
+# float32 operands are twice as large and split in three for tf32x3, so they get 32 x 32.
+TILES = {"fp32": 32, "fp16": 64, "bf16": 64}
 DELTA_ROWS = 32
 NUM_WARPS_FWD = 4
 # Sequence indices are split in int32 and sequences sit on grid axis 0 (at most 2^31 - 1 programs).
@@ -289,12 +289,17 @@ class _Config:
     kcols: int
 
 
-def _config(Tq: int, T: int) -> _Config:
-    if T <= SINGLE_TILE_MAX_T and Tq <= SINGLE_TILE_MAX_T:
-        seqs = TILE // max(triton.next_power_of_2(Tq), triton.next_power_of_2(T))
-        # Short query sets (the summarizer) still get TILE // seqs rows each, the rest padding.
-        return _Config(True, seqs, TILE // seqs, TILE // seqs)
-    return _Config(False, 1, TILE, TILE)
+def _config(Tq: int, T: int, tile: int) -> _Config:
+    if T <= tile and Tq <= tile:
+        seqs = tile // max(triton.next_power_of_2(Tq), triton.next_power_of_2(T))
+        # Short query sets (the summarizer) still get tile // seqs rows each, the rest padding.
+        return _Config(True, seqs, tile // seqs, tile // seqs)
+    return _Config(False, 1, tile, tile)
+
+
+def _blocks(t: str, d: int) -> dict:
+    """The constexprs of the forward and backward kernels for dtype ``t`` and head dim ``d``."""
+    return {"BLOCK_M": TILES[t], "BLOCK_N": TILES[t], "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t]}
 
 
 def _num_warps_bwd(d: int) -> int:
@@ -331,13 +336,13 @@ def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     S = B * H * W * NH
     if S == 0 or Tq == 0:
         return o, lse
-    cfg = _config(Tq, T)
+    blocks = _blocks(_TL_DTYPES[q.dtype], d)
+    cfg = _config(Tq, T, blocks["BLOCK_M"])
     mask, mask_strides = _mask_args(key_padding_mask, q)
     n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
     grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
     launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
-           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), BLOCK_M=TILE,
-           BLOCK_N=TILE, BLOCK_D=d, DOT_PRECISION=_DOT_PRECISION[_TL_DTYPES[q.dtype]],
+           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), **blocks,
            num_warps=NUM_WARPS_FWD)
     return o, lse
 
@@ -359,13 +364,13 @@ def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
     launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, BLOCK_R=DELTA_ROWS,
            BLOCK_D=d)
-    cfg = _config(Tq, T)
+    blocks = _blocks(_TL_DTYPES[q.dtype], d)
+    cfg = _config(Tq, T, blocks["BLOCK_M"])
     mask, mask_strides = _mask_args(key_padding_mask, q)
     groups = triton.cdiv(S, cfg.seqs)
     launch(_attn_bwd_kernel, (groups if cfg.single else 2 * groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
            *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, int(cfg.single),
-           BLOCK_M=TILE, BLOCK_N=TILE, BLOCK_D=d, DOT_PRECISION=_DOT_PRECISION[_TL_DTYPES[q.dtype]],
-           num_warps=_num_warps_bwd(d))
+           **blocks, num_warps=_num_warps_bwd(d))
     return dq, dk, dv
 
 
@@ -410,7 +415,7 @@ def aot_specs() -> list[AOTSpec]:
         io = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": "*i1", "lse_ptr": "*fp32"}
         grads = {"do_ptr": f"*{t}", "delta_ptr": "*fp32", "dq_ptr": f"*{t}", "dk_ptr": f"*{t}", "dv_ptr": f"*{t}"}
         for d in HEAD_DIMS:
-            blocks = {"BLOCK_M": TILE, "BLOCK_N": TILE, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t]}
+            blocks = _blocks(t, d)
             specs += [
                 make_spec(f"attention_fwd_{t}_d{d}", _attn_fwd_kernel, {**io, "o_ptr": f"*{t}"}, blocks,
                           floats=("qk_scale",), num_warps=NUM_WARPS_FWD),

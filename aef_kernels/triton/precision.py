@@ -556,7 +556,9 @@ def aot_specs() -> list[AOTSpec]:
                         ("BLOCK_CG", "")]
                 add(f"gn_stats_{ty}_cg{cg}_apply{int(apply)}_gelu{int(gelu)}", _gn_stats_kernel, args,
                     dict(APPLY=apply, GELU=gelu, **gcfg), gw, 1)
-            for gelu, res in ((False, True), (True, False)):
+            # (GELU, residual): the precision operator's (float32 gradient plus residual), then
+            # group_norm_nhwc's without and with GELU.
+            for gelu, res in ((False, True), (False, False), (True, False)):
                 args = [("dn_ptr", "*fp32" if res else p), ("x_ptr", p), ("mean_ptr", "*fp32"),
                         ("rstd_ptr", "*fp32"), ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("dres_ptr", p),
                         ("dx_ptr", p), ("dgamma_ptr", "*fp32"), ("dbeta_ptr", "*fp32"), ("HW", "i32"),

@@ -224,7 +224,9 @@ def _s2d_wgrad_kernel(a_ptr, dy_ptr, dw_ptr, db_ptr, M, HO, WO, CIN, F, COUT, CH
         a = tl.load(a_ptr + row[:, None] + cc[None, :], mask=m_ok[:, None] & c_ok[None, :], other=0.0)
         g = tl.load(dy_ptr + (offs_m * COUT)[:, None] + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
                     other=0.0)
-        acc = tl.dot(tl.trans(a.to(g.dtype)), g, acc, input_precision=DOT_PREC)
+        # The gradient may arrive in float32 (adjoint of the gather): the bias sum keeps it, the GEMM
+        # runs in the input's dtype.
+        acc = tl.dot(tl.trans(a), g.to(a.dtype), acc, input_precision=DOT_PREC)
         db += tl.sum(g.to(tl.float32), axis=0)
     part = pid_s.to(tl.int64) * F * F * CIN * COUT
     tl.store(dw_ptr + part + (ab * CIN + cc)[:, None] * COUT + offs_co[None, :], acc,
@@ -273,7 +275,9 @@ def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()
     N, HO, WO, cout = out_shape
     out = torch.empty(out_shape, device=device, dtype=dtype)
     M = N * HO * WO
-    cfg = _gemm_config(tuple(a.shape[-1] for a, _, _ in downs), cout, dtype)
+    # The GEMMs run in the weights' dtype (activations are cast on load).
+    compute = downs[0][1].dtype if downs else dtype
+    cfg = _gemm_config(tuple(a.shape[-1] for a, _, _ in downs), cout, compute)
     d = list(downs) + [(out, out, 1)] * (2 - len(downs))
     u = [(v, v.shape[1], v.shape[2], 1.0 / f) for v, f in ups] + [(out, 1, 1, 1.0)] * (2 - len(ups))
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
@@ -283,7 +287,7 @@ def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()
         M, HO, WO, cout, d[0][0].shape[-1], d[0][2], d[1][0].shape[-1], d[1][2],
         u[0][1], u[0][2], u[0][3], u[1][1], u[1][2], u[1][3],
         NUM_DOWN=len(downs), NUM_UP=len(ups), HAS_OWN=own is not None, HAS_BIAS=bias is not None,
-        DOT_PREC=_dot_prec(dtype), **cfg)
+        DOT_PREC=_dot_prec(compute), **cfg)
     return out
 
 
@@ -323,14 +327,14 @@ def _s2d_wgrad(a, dy, factor):
     N, HO, WO, cout = dy.shape
     cin = a.shape[-1]
     M = N * HO * WO
-    cfg = _wgrad_config(cin, cout, dy.dtype)
+    cfg = _wgrad_config(cin, cout, a.dtype)
     tiles = factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]) * triton.cdiv(cout, cfg["BLOCK_CO"])
     split, chunk = _wgrad_split(M, cfg["BLOCK_M"], tiles)
     dw = torch.empty((split, factor * factor * cin, cout), device=a.device, dtype=torch.float32)
     db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
     grid = (split, factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
     wrap_triton(_s2d_wgrad_kernel)[grid](a, dy, dw, db, M, HO, WO, cin, factor, cout, chunk,
-                                         DOT_PREC=_dot_prec(dy.dtype), **cfg)
+                                         DOT_PREC=_dot_prec(a.dtype), **cfg)
     return dw.sum(0), db.sum(0)
 
 
@@ -341,7 +345,7 @@ def _down_weight_grad(a, dy, factor, w):
 
 
 def _linear_weight_grad(a, du, w):
-    dw, db = _s2d_wgrad(a, du.to(a.dtype), 1)
+    dw, db = _s2d_wgrad(a, du, 1)
     return dw.t().to(w.dtype), db
 
 
@@ -398,7 +402,7 @@ def _up_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
     """(dx, dweight, dbias)."""
     N, H, W, cin = x.shape
     du = _up_adjoint(dy, (H, W), factor)
-    dx = _exchange((N, H, W, cin), x.dtype, x.device, downs=((du.to(x.dtype), weight.contiguous(), 1),))
+    dx = _exchange((N, H, W, cin), x.dtype, x.device, downs=((du, weight.contiguous(), 1),))
     dw, db = _linear_weight_grad(x, du, weight)
     return dx, dw, db.to(weight.dtype)
 
@@ -465,8 +469,8 @@ def _exchange_bwd(dys: torch.Tensor, dyt: torch.Tensor, dyp: torch.Tensor, xs: t
     du_tp = _up_adjoint(dyp, xt.shape[1:3], pt)
     dt = xs.dtype
     dxs = _exchange(tuple(xs.shape), dt, xs.device, own=dys,
-                    downs=((du_st.to(dt), s_to_t_w.contiguous(), 1), (du_sp.to(dt), s_to_p_w.contiguous(), 1)))
-    dxt = _exchange(tuple(xt.shape), dt, xt.device, own=dyt, downs=((du_tp.to(dt), t_to_p_w.contiguous(), 1),))
+                    downs=((du_st, s_to_t_w.contiguous(), 1), (du_sp, s_to_p_w.contiguous(), 1)))
+    dxt = _exchange(tuple(xt.shape), dt, xt.device, own=dyt, downs=((du_tp, t_to_p_w.contiguous(), 1),))
     dxt = _down_dgrad(dys, t_to_s_w, ts, tuple(xt.shape), prev=dxt)
     dxp = _down_dgrad(dys, p_to_s_w, ps, tuple(xp.shape), prev=dyp)
     dxp = _down_dgrad(dyt, p_to_t_w, pt, tuple(xp.shape), prev=dxp)
@@ -566,30 +570,33 @@ def aot_specs() -> list[AOTSpec]:
     for dtype, ty in _TL_DTYPES.items():
         p = f"*{ty}"
         for dp, dt_, ds in PRESET_WIDTHS:
-            # (name, cins of the downs, cout, num_down, num_up, own, bias, input pointer type, out type)
-            passes = [("down", (dp,), dt_, 1, 0, False, True), ("down", (dt_,), ds, 1, 0, False, True),
-                      ("down", (dp,), ds, 1, 0, False, True),
-                      ("up_gather", (), dp, 0, 1, False, False), ("up_gather", (), dt_, 0, 1, False, False),
-                      ("exch_s", (dp, dt_), ds, 2, 0, True, True), ("exch_t", (dp,), dt_, 1, 1, True, True),
-                      ("exch_p", (), dp, 0, 2, True, False),
-                      ("bwd_s", (dt_, dp), ds, 2, 0, True, False), ("bwd_t", (dp,), dt_, 1, 0, True, False)]
-            lowres = [("linear", (ds,), dt_), ("linear", (ds,), dp), ("linear", (dt_,), dp),
-                      ("linear", (dp,), dt_), ("linear", (dp,), ds), ("linear", (dt_,), ds)]
-            passes += [(n, cins, cout, 1, 0, False, True, "*fp32") for n, cins, cout in lowres]
-            for entry in passes:
-                name, cins, cout, nd, nu, own, bias = entry[:7]
-                out_ty = entry[7] if len(entry) > 7 else p
+            f32 = "*fp32"
+            # (name, cins of the downs, cout, num_down, num_up, own, bias, down input type, out type):
+            # down-sampling (5 = source projectors' band counts below 16, which all take one
+            # 16-wide K tile), the up-sampling gather, the three exchange sums, the 1x1 maps at low
+            # resolution (forward, float32 out), and the backward's 1x1 passes on float32 gradients.
+            passes = [("down", (dp,), dt_, 1, 0, False, True, p, p), ("down", (dt_,), ds, 1, 0, False, True, p, p),
+                      ("down", (dp,), ds, 1, 0, False, True, p, p), ("down", (5,), dp, 1, 0, False, True, p, p),
+                      ("up_gather", (), dp, 0, 1, False, False, p, p), ("up_gather", (), dt_, 0, 1, False, False, p, p),
+                      ("exch_s", (dp, dt_), ds, 2, 0, True, True, p, p), ("exch_t", (dp,), dt_, 1, 1, True, True, p, p),
+                      ("exch_p", (), dp, 0, 2, True, False, p, p),
+                      ("bwd_s", (dt_, dp), ds, 2, 0, True, False, f32, p), ("bwd_t", (dp,), dt_, 1, 0, True, False, f32, p)]
+            for cin, cout in ((ds, dt_), (ds, dp), (dt_, dp), (dp, dt_), (dp, ds), (dt_, ds)):
+                passes += [("linear", (cin,), cout, 1, 0, False, True, p, f32),
+                           ("up_dx", (cin,), cout, 1, 0, False, False, f32, p)]
+            for name, cins, cout, nd, nu, own, bias, a_ty, out_ty in passes:
                 cfg = _gemm_config(cins, cout, dtype)
                 nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                args = [("out_ptr", out_ty), ("own_ptr", p), ("bias_ptr", p), ("a1_ptr", p), ("w1_ptr", p),
-                        ("a2_ptr", p), ("w2_ptr", p), ("u1_ptr", "*fp32"), ("u2_ptr", "*fp32"), ("M", "i32"),
+                args = [("out_ptr", out_ty), ("own_ptr", p), ("bias_ptr", p), ("a1_ptr", a_ty), ("w1_ptr", p),
+                        ("a2_ptr", a_ty), ("w2_ptr", p), ("u1_ptr", "*fp32"), ("u2_ptr", "*fp32"), ("M", "i32"),
                         ("HO", "i32"), ("WO", "i32"), ("COUT", "i32"), ("CIN1", "i32"), ("F1", "i32"),
                         ("CIN2", "i32"), ("F2", "i32"), ("HU1", "i32"), ("WU1", "i32"), ("INV_F1", "fp32"),
                         ("HU2", "i32"), ("WU2", "i32"), ("INV_F2", "fp32"), ("NUM_DOWN", ""), ("NUM_UP", ""),
                         ("HAS_OWN", ""), ("HAS_BIAS", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""),
                         ("BLOCK_K1", ""), ("BLOCK_K2", "")]
                 ce = dict(NUM_DOWN=nd, NUM_UP=nu, HAS_OWN=own, HAS_BIAS=bias, DOT_PREC=_dot_prec(dtype), **cfg)
-                add(f"exchange_{name}_{ty}_{'x'.join(map(str, cins))}to{cout}", _exchange_kernel, args, ce, nw, ns)
+                add(f"exchange_{name}_{ty}_{'x'.join(map(str, cins))}to{cout}_{a_ty[1:]}_{out_ty[1:]}", _exchange_kernel,
+                    args, ce, nw, ns)
             for c in (dp, dt_):
                 cfg = _adjoint_config(c)
                 nw = cfg.pop("num_warps")
@@ -607,12 +614,14 @@ def aot_specs() -> list[AOTSpec]:
                             ("HAS_PREV", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
                     ce = dict(HAS_PREV=prev, DOT_PREC=_dot_prec(dtype), **cfg)
                     add(f"down_dgrad_{ty}_{cin}to{cout}_f{f}", _down_dgrad_kernel, args, ce, nw, ns)
-            for cin, cout in ((dp, ds), (dt_, ds), (dp, dt_), (ds, dt_), (dt_, dp), (ds, dp)):
+            # down-sampling weights (gradient in x's dtype), then the 1x1 maps (float32 gradient)
+            for cin, cout, g_ty in ((dp, ds, p), (dt_, ds, p), (dp, dt_, p), (ds, dt_, f32), (dt_, dp, f32),
+                                    (ds, dp, f32)):
                 cfg = _wgrad_config(cin, cout, dtype)
                 nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                args = [("a_ptr", p), ("dy_ptr", p), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"), ("M", "i32"),
+                args = [("a_ptr", p), ("dy_ptr", g_ty), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"), ("M", "i32"),
                         ("HO", "i32"), ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"),
                         ("CHUNK", "i32"), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_K", ""), ("BLOCK_CO", "")]
                 ce = dict(DOT_PREC=_dot_prec(dtype), **cfg)
-                add(f"s2d_wgrad_{ty}_{cin}to{cout}", _s2d_wgrad_kernel, args, ce, nw, ns)
+                add(f"s2d_wgrad_{ty}_{cin}to{cout}_{g_ty[1:]}", _s2d_wgrad_kernel, args, ce, nw, ns)
     return list(specs.values())

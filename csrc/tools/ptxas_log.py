@@ -4,10 +4,11 @@ the report shipped with the package (``aef_kernels/_C_resources.txt``).
     ptxas_log.py compile -- nvcc ARGS... -o OBJECT   (the CUDA compiler launcher of CMakeLists.txt)
     ptxas_log.py merge OUT [HEADER_LINE...] -- OBJECT...
 
-The compile step passes the compiler's output through unchanged, so the report also shows in the
-build log, and stores it beside the object as OBJECT.ptxas.txt: Ninja skips up-to-date objects, so
-the merged report is built from the stored logs of the module's current objects, not from one
-build's output.
+The compile step stores ptxas's lines beside the object as OBJECT.ptxas.txt and passes the rest of
+the compiler's output through (all of it if the compile fails). Ninja skips up-to-date objects, so
+the merge step, run whenever the module is relinked, builds the report from the stored logs of the
+module's current objects and prints it: a build log shows the whole report once, even when only
+some objects were recompiled.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ def _object_path(args: list[str]) -> str:
 
 def compile_and_log(command: list[str]) -> int:
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sys.stdout.write(proc.stdout)
-    sys.stdout.flush()
-    if proc.returncode == 0:
-        report = [line for line in proc.stdout.splitlines() if line.startswith("ptxas") or line.startswith(" ")]
-        Path(_object_path(command) + SUFFIX).write_text("\n".join(report) + "\n")
-    return proc.returncode
+    lines = proc.stdout.splitlines(keepends=True)
+    is_ptxas = [line.startswith("ptxas") or (line.startswith(" ") and "bytes stack frame" in line) for line in lines]
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stdout)
+        return proc.returncode
+    sys.stdout.write("".join(line for line, p in zip(lines, is_ptxas) if not p))
+    Path(_object_path(command) + SUFFIX).write_text("".join(line for line, p in zip(lines, is_ptxas) if p))
+    return 0
 
 
 def merge(out: Path, header: list[str], objects: list[str]) -> int:
@@ -44,8 +47,10 @@ def merge(out: Path, header: list[str], objects: list[str]) -> int:
             raise SystemExit(f"ptxas_log.py: {log} is missing; {obj} was not compiled through the launcher")
         parts.append(f"## {Path(obj).name}")
         parts.append(log.read_text().rstrip("\n"))
+    text = "\n".join(parts) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts) + "\n")
+    out.write_text(text)
+    sys.stdout.write(text)
     return 0
 
 

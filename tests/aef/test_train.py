@@ -76,22 +76,26 @@ def test_checkpoints_are_complete_and_code_free(straight):
 
 
 def test_training_lowers_the_loss(tmp_path, capsys):
-    """Eight steps on two synthetic samples lower the pretraining loss on those samples, measured
-    with the same random draws before and after."""
+    """Six steps on two synthetic samples lower the pretraining loss on those samples, measured
+    with the same random draws (targets, perturbations, vMF noise) before and after, for each of
+    four draws and on average."""
     run = tmp_path / "run"
-    _train(capsys, run, "--synthetic", "2", "--steps", "8", "--checkpoint-every", "8")
+    _train(capsys, run, "--synthetic", "2", "--steps", "6", "--checkpoint-every", "6", "--lr", "5e-3")
     data = SyntheticDataset(2, side=16, frames={"sentinel2": 2, "sentinel1": 1}, seed=5, text_dim=768)
     batch = collate([data[0], data[1]])
 
-    def loss(model):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            return float(training_losses(model.train(), batch, step_generator(0, 0, 0, "cpu"))["total"])
+    def losses(model):
+        out = []
+        for draw in range(4):
+            torch.manual_seed(draw)
+            with torch.no_grad():
+                out.append(float(training_losses(model.train(), batch, step_generator(0, draw, 0, "cpu"))["total"]))
+        return torch.tensor(out)
 
-    torch.manual_seed(5)
-    before = loss(AEF("tiny"))
-    after = loss(AEF.from_pretrained(latest_checkpoint(run)))
-    assert after < before - 0.02, (before, after)
+    torch.manual_seed(5)  # the initial weights of the run (its --seed)
+    before = losses(AEF("tiny"))
+    after = losses(AEF.from_pretrained(latest_checkpoint(run)))
+    assert (after < before).all() and after.mean() < before.mean() - 0.01, (before, after)
 
 
 def test_partial_checkpoint_folders_are_ignored(straight, tmp_path):

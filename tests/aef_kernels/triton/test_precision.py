@@ -1,7 +1,7 @@
 """Triton precision operator and group_norm_nhwc against the reference (float32, interpreter on CPU).
 
-Every output buffer the kernels allocate is poisoned with NaN (PyTorch fills uninitialised memory
-with NaN in deterministic mode), so an element a kernel forgets to write fails the comparison.
+Every test runs with the ``poisoned`` fixture (conftest): buffers the kernels allocate start as NaN,
+so an element a kernel forgets to write fails the comparison.
 """
 
 import pytest
@@ -12,18 +12,10 @@ from aef_kernels import dispatch
 from aef_kernels.reference import precision as ref
 from aef_kernels.triton import precision as tri
 
+pytestmark = pytest.mark.usefixtures("poisoned")
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(autouse=True)
-def nan_poison():
-    """torch.empty and friends return NaN-filled memory for the duration of a test."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(previous)
 
 
 def make_inputs(N, H, W, C, dtype=torch.float32, param_dtype=torch.float32, seed=0):
@@ -38,14 +30,12 @@ def make_inputs(N, H, W, C, dtype=torch.float32, param_dtype=torch.float32, seed
     return x, [p.to(param_dtype).requires_grad_() for p in params]
 
 
-def grads(y, inputs, seed=1):
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y)
-    return torch.autograd.grad(y, inputs, dy)
-
-
-def test_poison_is_active():
-    """The NaN poison this module relies on is in force (else the 'unwritten element' checks are void)."""
-    assert torch.empty(8).isnan().all()
+def grads(outputs, inputs, seed=1):
+    """Gradients of inputs for fixed random cotangents of one output or a tuple of outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    cotangents = [torch.randn(o.shape, generator=gen).to(o) for o in outputs]
+    return torch.autograd.grad(outputs, inputs, cotangents)
 
 
 # (N, H, W, C, groups): odd and non-square sizes down to 1x1, channel counts that are not powers of
