@@ -260,11 +260,11 @@ def _shift_rows(transform, rows: int):
     return a @ Affine.translation(0, rows)
 
 
-def merge_shards(out, progress: bool = True) -> Path:
+def merge_shards(out, progress: bool = True, remove_partials: bool = True) -> Path:
     """Sum the shard partials written for ``out`` and write the final embedding raster.
 
     The partials are found by name (``OUT.shard-i-of-n.tif``); every one of the n must be present and
-    complete. They are left in place; delete them once the merge has succeeded.
+    complete. Once the output is in place they are deleted, unless ``remove_partials`` is False.
     """
     from tqdm.auto import tqdm
 
@@ -314,4 +314,7 @@ def merge_shards(out, progress: bool = True) -> Path:
         for p in parts:
             p.close()
     os.replace(out.with_name(out.name + ".partial"), out)
+    if remove_partials:
+        for i in range(n):
+            shard_path(out, i, n).unlink()
     return out

@@ -165,12 +165,27 @@ class STPBlock(nn.Module):
         self.exchange = PyramidExchange(c.d_s, c.d_t, c.d_p, backend)
 
     def forward(self, xs, xt, xp, timecode, mask_t):
-        B, T = xs.shape[:2]
-        xs = self.space(xs.flatten(0, 1))  # (B*T, L/16, L/16, d_s)
-        xt = self.time(xt, timecode, mask_t).flatten(0, 1)  # (B*T, L/8, L/8, d_t)
-        xp = self.precision(xp.flatten(0, 1))  # (B*T, L/2, L/2, d_p)
-        xs, xt, xp = self.exchange(xs, xt, xp)
-        return tuple(x.unflatten(0, (B, T)) for x in (xs, xt, xp))
+        B, T = xt.shape[:2]
+        xs, xt, xp = self.forward_frames(xs.flatten(0, 1), xt, xp.flatten(0, 1), timecode, mask_t, None)
+        return xs.unflatten(0, (B, T)), xt, xp.unflatten(0, (B, T))
+
+    def forward_frames(self, xs, xt, xp, timecode, mask_t, frames: Optional[torch.Tensor]):
+        """The block on a subset of frames for the per-frame operators.
+
+        ``frames``: (N,) indices into the B*T flattened frames, or None for all of them; xs
+        (N, L/16, L/16, d_s) and xp (N, L/2, L/2, d_p) hold only those frames, xt (B, T, L/8, L/8, d_t)
+        holds every frame (time attention needs the (B, T) layout; frames outside ``frames`` must be
+        masked keys). Returns (xs, xt, xp) in the same layouts; xt keeps its time-operator output at
+        frames outside ``frames``.
+        """
+        xs = self.space(xs)
+        xt = self.time(xt, timecode, mask_t)  # (B, T, L/8, L/8, d_t)
+        B, T = xt.shape[:2]
+        xt_all = xt.flatten(0, 1)
+        xt_f = xt_all if frames is None else xt_all.index_select(0, frames)
+        xs, xt_f, xp = self.exchange(xs, xt_f, self.precision(xp))
+        xt_all = xt_f if frames is None else xt_all.index_copy(0, frames, xt_f)
+        return xs, xt_all.unflatten(0, (B, T)), xp
 
 
 class STPEncoder(nn.Module):
@@ -179,7 +194,7 @@ class STPEncoder(nn.Module):
     ``STPEncoder(config, backend=None)``; ``forward(x_p0, timecode, mask)`` with x_p0
     (B, T, L/2, L/2, d_p), timecode (B, T, tc) float (see ``aef.timecode.timecode``) and mask
     (B, T, L/2, L/2) or (B, T) bool (True = valid) or None; returns F (B, T, L/2, L/2, d_p).
-    Values at masked frames are carried along but never reach valid frames.
+    Masked frames never reach valid frames; their outputs are unspecified.
     """
 
     def __init__(self, config: AEFConfig, backend: Optional[str] = None):
@@ -199,14 +214,34 @@ class STPEncoder(nn.Module):
             raise ValueError(f"x_p0: expected (B, T, L/2, L/2, d_p) with L/2 a multiple of {P_TO_S}, "
                              f"got {tuple(x_p0.shape)}")
         mask_t = downsample_mask(mask, P_TO_T) if mask is not None and mask.dim() == 4 else mask
+        frames = self._valid_frames(mask, B * T)
         xp = x_p0.flatten(0, 1)  # (B*T, L/2, L/2, d_p)
         xt = K.resample_down(xp, self.init_t_w, self.init_t_b, P_TO_T, backend=self.backend)  # (B*T, L/8, L/8, d_t)
-        xs = K.resample_down(xp, self.init_s_w, self.init_s_b, P_TO_S, backend=self.backend)  # (B*T, L/16, L/16, d_s)
+        if frames is not None:
+            xp = xp.index_select(0, frames)  # (N, L/2, L/2, d_p)
+        xs = K.resample_down(xp, self.init_s_w, self.init_s_b, P_TO_S, backend=self.backend)  # (N, L/16, L/16, d_s)
         xs = xs + sincos_2d(xs.shape[1], xs.shape[2], xs.shape[3], xs.device, xs.dtype)
-        xs, xt, xp = (x.unflatten(0, (B, T)) for x in (xs, xt, xp))
+        xt = xt.unflatten(0, (B, T))
         for block in self.blocks:
-            xs, xt, xp = block(xs, xt, xp, timecode, mask_t)
-        xs, xt, xp = (x.flatten(0, 1) for x in (xs, xt, xp))
-        fused = (xp + K.resample_up(xt, self.fuse_t_w, self.fuse_t_b, P_TO_T, backend=self.backend)
-                 + K.resample_up(xs, self.fuse_s_w, self.fuse_s_b, P_TO_S, backend=self.backend))
-        return self.norm(fused).unflatten(0, (B, T))  # (B, T, L/2, L/2, d_p)
+            xs, xt, xp = block.forward_frames(xs, xt, xp, timecode, mask_t, frames)
+        xt = xt.flatten(0, 1)
+        if frames is not None:
+            xt = xt.index_select(0, frames)
+        fused = self.norm(xp + K.resample_up(xt, self.fuse_t_w, self.fuse_t_b, P_TO_T, backend=self.backend)
+                          + K.resample_up(xs, self.fuse_s_w, self.fuse_s_b, P_TO_S, backend=self.backend))
+        if frames is not None:
+            fused = fused.new_zeros(B * T, *fused.shape[1:]).index_copy(0, frames, fused)
+        return fused.unflatten(0, (B, T))  # (B, T, L/2, L/2, d_p)
+
+    def _valid_frames(self, mask: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+        """Indices of the frames with a valid pixel, or None to compute every frame.
+
+        Masked frames never influence valid ones, so in eager mode the per-frame operators (space,
+        precision, exchange: most of the FLOPs) skip them; a training batch masks many frames
+        (target frames, student drops). Under torch.compile every frame is computed, keeping shapes
+        static. Outputs at masked frames are unspecified (zero when skipped).
+        """
+        if mask is None or torch.compiler.is_compiling():
+            return None
+        frames = (mask.flatten(2).any(2) if mask.dim() == 4 else mask).flatten().nonzero().squeeze(1)
+        return None if frames.numel() in (0, n) else frames

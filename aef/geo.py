@@ -20,9 +20,11 @@ Each frame is a GeoTIFF with the source's bands in registry order (``aef.sources
 one grid (same size, CRS and transform). A pixel is invalid where any band is NaN or equals the
 file's nodata value, or where the optional single-band ``mask`` raster is 0 (nonzero = clear).
 
-``.npz`` scene: ``<source>/data`` (N, H, W, C) float, ``<source>/timestamps`` (N,) int64 epoch ms,
-optionally ``<source>/mask`` (N, H, W) or (N,) bool (True = valid), and optionally ``crs`` (WKT or
-"EPSG:xxxx") and ``transform`` (the six affine coefficients a, b, c, d, e, f). An ``.npz`` scene is
+``.npz`` scene: the keys of the ``aef.data`` sample format (``source_data/<source>`` (N, H, W, C)
+float, ``timestamps/<source>`` (N,) int64 epoch ms, optionally ``masks/<source>`` (N, H, W) or (N,)
+bool, True = valid), so a saved training sample is a scene, with H and W free; optionally ``crs``
+(WKT or "EPSG:xxxx") and ``transform`` (the six affine coefficients a, b, c, d, e, f). Sources that
+are only training targets, and any other fields of a sample, are ignored. An ``.npz`` scene is
 loaded whole; use a manifest for large scenes.
 
 rasterio is an optional dependency (the ``geo`` extra); everything that needs it says so clearly.
@@ -166,29 +168,29 @@ class NpzScene(Scene):
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError) as e:
             raise SceneError(f"{path}: not a readable .npz file ({e})") from None
-        names = sorted({k.split("/", 1)[0] for k in arrays if "/" in k})
+        names = sorted({k.split("/", 1)[1] for k in arrays if k.startswith("source_data/")})
+        names = [n for n in names if n not in _sources.REGISTRY or _sources.REGISTRY[n].is_input]
         if not names:
-            raise SceneError(f"{path}: no '<source>/data' arrays in this .npz scene")
+            raise SceneError(f"{path}: no 'source_data/<input source>' arrays in this .npz scene")
         self.timestamps, self._data, self._masks = {}, {}, {}
         shape = None
         for name in names:
             src = _check_source(name, str(path))
-            for key in ("data", "timestamps"):
-                if f"{name}/{key}" not in arrays:
-                    raise SceneError(f"{path}: missing array '{name}/{key}'")
-            d, t = arrays[f"{name}/data"], arrays[f"{name}/timestamps"]
+            if f"timestamps/{name}" not in arrays:
+                raise SceneError(f"{path}: missing array 'timestamps/{name}'")
+            d, t = arrays[f"source_data/{name}"], arrays[f"timestamps/{name}"]
             if d.ndim != 4 or d.shape[-1] != src.channels or not np.issubdtype(d.dtype, np.floating):
-                raise SceneError(f"{path}: '{name}/data' must be float (N, H, W, {src.channels}), "
+                raise SceneError(f"{path}: 'source_data/{name}' must be float (N, H, W, {src.channels}), "
                                  f"got {d.dtype} {d.shape}")
             if t.shape != (d.shape[0],) or t.dtype.kind not in "iu":
-                raise SceneError(f"{path}: '{name}/timestamps' must be int64 epoch ms of shape "
+                raise SceneError(f"{path}: 'timestamps/{name}' must be int64 epoch ms of shape "
                                  f"({d.shape[0]},), got {t.dtype} {t.shape}")
             if shape is None:
                 shape = d.shape[1:3]
             elif d.shape[1:3] != shape:
-                raise SceneError(f"{path}: '{name}/data' is {d.shape[1]}x{d.shape[2]} pixels, the other "
+                raise SceneError(f"{path}: 'source_data/{name}' is {d.shape[1]}x{d.shape[2]} pixels, the other "
                                  f"sources {shape[0]}x{shape[1]}; all sources must share one grid")
-            m = arrays.get(f"{name}/mask")
+            m = arrays.get(f"masks/{name}")
             if m is None:
                 m = np.ones(d.shape[:3], dtype=bool)
             elif m.shape == d.shape[:1]:
@@ -196,7 +198,7 @@ class NpzScene(Scene):
             elif m.shape == d.shape[:3]:
                 m = m.astype(bool)
             else:
-                raise SceneError(f"{path}: '{name}/mask' must be (N,) or (N, H, W) = {d.shape[:3]}, got {m.shape}")
+                raise SceneError(f"{path}: 'masks/{name}' must be (N,) or (N, H, W) = {d.shape[:3]}, got {m.shape}")
             self.timestamps[name] = t.astype(np.int64)
             self._data[name], self._masks[name] = d.astype(np.float32, copy=False), m
         crs = str(arrays["crs"]) if "crs" in arrays else None

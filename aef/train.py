@@ -300,6 +300,8 @@ def _train(args, d: Dist) -> Optional[dict]:
     module = wrap_ddp(model, d)
 
     stop = min(args.steps, args.stop_after) if args.stop_after else args.steps
+    if start >= stop and d.main:
+        print(f"aef train: {resume_from} is at step {start}; nothing to do up to step {stop}", file=sys.stderr)
     dataset = _dataset(args, model)
     from .data import collate
 

@@ -57,7 +57,7 @@ class TimingPolicy:
 
 GPU_POLICY = TimingPolicy(warmup_s=0.1, budget_s=1.0, min_repeats=20, max_repeats=1000)
 CPU_POLICY = TimingPolicy(warmup_s=0.0, budget_s=1.0, min_repeats=3, max_repeats=30)
-QUICK_POLICY = TimingPolicy(warmup_s=0.0, budget_s=0.2, min_repeats=2, max_repeats=5)
+QUICK_POLICY = TimingPolicy(warmup_s=0.0, budget_s=0.2, min_repeats=3, max_repeats=10)
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,14 +79,13 @@ def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def time_calls(calls: Sequence[Callable[[], object]], device: torch.device, policy: TimingPolicy) -> Stats:
-    """Time ``calls`` (one closure per input set, used in rotation) after one untimed call of each
-    (compilation, autotuning, allocator growth) and ``policy.warmup_s`` of further calls."""
+    """Time ``calls`` (one closure per input set, used in rotation) after one untimed call (compilation,
+    autotuning, allocator growth) and ``policy.warmup_s`` of further calls, at least one."""
     if not calls:
         raise ValueError("calls: expected at least one closure")
-    for fn in calls:
-        fn()
+    calls[0]()
     synchronize(device)
-    warm, i, t_end = [], 0, time.perf_counter() + policy.warmup_s
+    warm, i, t_end = [], 1, time.perf_counter() + policy.warmup_s
     while not warm or time.perf_counter() < t_end:
         warm.append(_timed_call(calls[i % len(calls)], device))
         i += 1

@@ -24,6 +24,10 @@ class NotAvailable(Exception):
     """This provider cannot run this case here; the message says why."""
 
 
+class Skipped(Exception):
+    """This provider could run this case but the run leaves it out (budget); the message says why."""
+
+
 def interpreter_reason(provider: str, device: torch.device) -> str | None:
     if provider == "triton" and device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") == "1":

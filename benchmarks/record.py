@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
-STATUSES = ("ok", "not available", "failed")
+STATUSES = ("ok", "not available", "skipped", "failed")
 # Row fields and their types; timing fields are None unless status is "ok".
 ROW_FIELDS: dict[str, tuple] = {
     "section": (str,),

@@ -17,7 +17,7 @@ import aef_kernels as K
 
 from . import check, harness, plot, record
 from .floors import Cost, bound, roofline_fraction
-from .providers import COMPILE, NotAvailable
+from .providers import COMPILE, NotAvailable, Skipped
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FWD, FWD_BWD = "fwd", "fwd+bwd"
@@ -109,7 +109,9 @@ def run_case(case: Case, provider: str, device: torch.device, policy: harness.Ti
         stats = harness.time_calls(calls, device, policy)
         peak, _ = harness.peak_memory(calls[0], device)
     except (NotAvailable, K.BackendUnavailableError) as exc:
-        row = record.make_row(**key, status="not available", reason=str(exc).replace("\n", " "))
+        row = record.make_row(**key, status="not available", reason=" ".join(str(exc).split()))
+    except Skipped as exc:
+        row = record.make_row(**key, status="skipped", reason=str(exc))
     except Exception as exc:  # a provider that said it could run and then broke: a bug to report
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         row = record.make_row(**key, status="failed", reason=detail)

@@ -28,7 +28,7 @@ import aef_kernels as K
 from aef.config import PRESETS, AEFConfig
 from aef.encoder import STPBlock, STPEncoder
 from benchmarks import harness, peers, record, runner
-from benchmarks.providers import MODEL_PROVIDERS, under_provider
+from benchmarks.providers import COMPILE, MODEL_PROVIDERS, Skipped, under_provider
 from benchmarks.runner import FWD, FWD_BWD, Case
 
 JOB = "stp_block"
@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, help="patch side L in pixels (a multiple of 16)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     p.add_argument("--no-mask", action="store_true", help="time without a key mask")
+    p.add_argument("--compile-encoder", action="store_true",
+                   help="on CPU, also time torch.compile of the whole encoder (compiling it takes minutes)")
     runner.add_common_args(p)
     return p.parse_args(argv)
 
@@ -69,9 +71,11 @@ def _sizes(args, device: torch.device) -> dict:
 class Setup:
     """Shapes, random inputs (several sets, for rotation) and output gradients of one run."""
 
-    def __init__(self, cfg: AEFConfig, B: int, T: int, L: int, dtype, device, mask: bool, gen: torch.Generator):
+    def __init__(self, cfg: AEFConfig, B: int, T: int, L: int, dtype, device, mask: bool, gen: torch.Generator,
+                 compile_encoder: bool = True):
         self.cfg, self.B, self.T, self.L = cfg, B, T, L
         self.dtype, self.device, self.mask, self.gen = dtype, device, mask, gen
+        self.compile_encoder = compile_encoder
 
     def randn(self, *shape, grad=False, dtype=None):
         x = torch.randn(*shape, generator=self.gen, device="cpu", dtype=torch.float32)
@@ -98,6 +102,8 @@ def module_case(section: str, shape: str, mode: str, module: torch.nn.Module, se
     inputs, grads = setup.sets(lambda: make(grad), out_shapes if grad else None)
 
     def build(provider: str):
+        if provider == COMPILE and section == "encoder" and not setup.compile_encoder:
+            raise Skipped("compiling the whole encoder takes minutes on CPU; --compile-encoder times it")
         fn = under_provider(provider, module, setup.device)
         if grad:
             return runner.fwd_bwd_calls(fn, inputs, grads, params)
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     cfg = AEFConfig.from_preset(sizes["preset"])
     setup = Setup(cfg, sizes["batch"], sizes["frames"], sizes["size"], dtype, device, not args.no_mask,
-                  torch.Generator().manual_seed(args.seed))
+                  torch.Generator().manual_seed(args.seed), device.type == "cuda" or args.compile_encoder)
     shape = f"{sizes['preset']} B{setup.B} T{setup.T} L{setup.L}"
     policy = runner.policy_for(device, args.quick)
     print(f"{JOB}: {shape} {str(dtype).removeprefix('torch.')} on {device}", file=sys.stderr)

@@ -66,5 +66,30 @@ PYBIND11_MODULE(_C, m) {
         py::arg("D"), py::arg("x_row_stride"), py::arg("y_row_stride"), py::arg("dtype"), py::arg("eps"),
         py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "y = x / max(||x||, eps) over rows of length D; strides in elements. Returns a status code.");
+  m.def("launch_vmf_normalize_bwd", &aef::launch_vmf_normalize_bwd, py::arg("g"), py::arg("x"), py::arg("dx"),
+        py::arg("rows"), py::arg("D"), py::arg("g_row_stride"), py::arg("x_row_stride"), py::arg("dx_row_stride"),
+        py::arg("dtype"), py::arg("eps"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "dx of vmf_normalize from its output gradient g and input x. Returns a status code.");
+  m.def("launch_batch_uniformity_fwd", &aef::launch_batch_uniformity_fwd, py::arg("u"), py::arg("dots"),
+        py::arg("partials"), py::arg("loss"), py::arg("B"), py::arg("M"), py::arg("D"), py::arg("u_batch_stride"),
+        py::arg("u_row_stride"), py::arg("max_partials"), py::arg("dtype"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(),
+        "loss = mean |u[b, m] . u[b-1, m]| over u (B, M, D), and the float32 dots. Returns a status code.");
+  m.def("launch_batch_uniformity_bwd", &aef::launch_batch_uniformity_bwd, py::arg("grad"), py::arg("u"),
+        py::arg("dots"), py::arg("du"), py::arg("B"), py::arg("M"), py::arg("D"), py::arg("u_batch_stride"),
+        py::arg("u_row_stride"), py::arg("dtype"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "du of the batch-uniformity loss (du contiguous). Returns a status code.");
+  m.def("group_norm_workspace_size", &aef::group_norm_workspace_size, py::arg("N"), py::arg("HW"), py::arg("C"),
+        py::arg("G"), "float32 workspace entries the group_norm launchers need (negative status for bad sizes).");
+  m.def("launch_group_norm_fwd", &aef::launch_group_norm_fwd, py::arg("x"), py::arg("gamma"), py::arg("beta"),
+        py::arg("y"), py::arg("mean"), py::arg("rstd"), py::arg("workspace"), py::arg("workspace_size"), py::arg("N"),
+        py::arg("HW"), py::arg("C"), py::arg("G"), py::arg("dtype"), py::arg("eps"), py::arg("gelu"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "GroupNorm (+ GELU) of contiguous channels-last x (N, HW, C). Returns a status code.");
+  m.def("launch_group_norm_bwd", &aef::launch_group_norm_bwd, py::arg("dy"), py::arg("x"), py::arg("gamma"),
+        py::arg("beta"), py::arg("mean"), py::arg("rstd"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
+        py::arg("workspace"), py::arg("workspace_size"), py::arg("N"), py::arg("HW"), py::arg("C"), py::arg("G"),
+        py::arg("dtype"), py::arg("gelu"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "dx, dgamma, dbeta of group_norm (+ GELU). Returns a status code.");
 #endif
 }

@@ -15,6 +15,9 @@ enum Status : int {
   kBadDtype = -3,
   kBadStride = -4,
   kBadEps = -5,
+  kBadHeadDim = -6,
+  kBadGroups = -7,
+  kBadWorkspace = -8,
 };
 
 inline const char* status_string(int code) {
@@ -25,6 +28,9 @@ inline const char* status_string(int code) {
     case kBadDtype: return "unknown dtype code (0 = float32, 1 = float16, 2 = bfloat16)";
     case kBadStride: return "bad row stride (input stride must be >= 0; output rows must not overlap)";
     case kBadEps: return "eps must be >= 0 (and not NaN)";
+    case kBadHeadDim: return "unsupported head dim (supported: 16, 32, 64, 128)";
+    case kBadGroups: return "num_groups must divide the channel count";
+    case kBadWorkspace: return "workspace too small or not 8-byte aligned";
     default: return nullptr;  // not ours: a cudaError_t
   }
 }

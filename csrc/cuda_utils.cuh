@@ -45,6 +45,14 @@ __device__ __forceinline__ float sum_squares(const Pack<T, N>& p) {
 }
 
 template <typename T, int N>
+__device__ __forceinline__ float dot(const Pack<T, N>& a, const Pack<T, N>& b) {
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) s = fmaf(to_float(a.v[i]), to_float(b.v[i]), s);
+  return s;
+}
+
+template <typename T, int N>
 __device__ __forceinline__ Pack<T, N> scaled(const Pack<T, N>& p, float s) {
   Pack<T, N> out;
 #pragma unroll

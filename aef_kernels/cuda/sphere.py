@@ -1,19 +1,45 @@
-"""CUDA backend of ``vmf_normalize``: the forward is the ``vmf_normalize_fwd`` kernel; the backward
-is PyTorch arithmetic (correct, not yet a kernel)."""
+"""CUDA backend of the sphere ops (csrc/vmf_normalize.cu, csrc/batch_uniformity.cu).
+
+``vmf_normalize``: forward and backward kernels over rows of length D; the backward re-reads x
+(cheaper than saving y and the norms). ``batch_uniformity_loss``: the forward writes the float32 dots
+u[b] . u[b-1] (saved for the backward) and per-block partial sums, which a second kernel adds in a
+fixed order (no atomics: the loss is bitwise reproducible); the backward of row b reads rows b-1 and
+b+1 and the signs of the two dots it enters.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .. import _C, checks, dispatch
 from ._launch import DTYPE_CODES, check, stream_handle
 
+# Blocks (hence partial sums) of the uniformity forward at most: a few per SM of an H100 (132 SMs),
+# so the one-block final sum stays short.
+UNIFORMITY_PARTIALS = 1024
+
+
+def _rows(t: torch.Tensor, D: int) -> torch.Tensor:
+    """t as (rows, D) with unit stride along D: a view when the leading dims collapse, else a copy."""
+    t2 = t.reshape(-1, D)
+    return t2 if t2.stride(-1) == 1 or D == 1 else t2.contiguous()
+
+
+def _batch_rows(u: torch.Tensor) -> torch.Tensor:
+    """u (B, ..., D) as (B, M, D) with unit stride along D."""
+    B, D = u.shape[0], u.shape[-1]
+    u3 = u.reshape(B, math.prod(u.shape[1:-1]), D)
+    return u3 if u3.stride(-1) == 1 or D == 1 else u3.contiguous()
+
+
+# ---- vmf_normalize ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("aef_kernels::cuda_vmf_normalize", mutates_args=(), device_types="cuda")
 def cuda_vmf_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     D = x.shape[-1]
-    # A view whenever x's leading dims collapse to one row stride; otherwise one copy of x.
-    rows = x.reshape(-1, D)
+    rows = _rows(x, D)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if rows.shape[0] == 0:
         return y
@@ -31,37 +57,132 @@ def _(x, eps):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def _setup_context(ctx, inputs, output):
+@torch.library.custom_op("aef_kernels::cuda_vmf_normalize_backward", mutates_args=(), device_types="cuda")
+def cuda_vmf_normalize_backward(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    D = x.shape[-1]
+    xs, gs = _rows(x, D), _rows(grad.to(x.dtype), D)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if xs.shape[0] == 0:
+        return dx
+    with torch.cuda.device(x.device):
+        code = _C.launch_vmf_normalize_bwd(
+            gs.data_ptr(), xs.data_ptr(), dx.data_ptr(), xs.shape[0], D, gs.stride(0), xs.stride(0), D,
+            DTYPE_CODES[x.dtype], eps, stream_handle(x.device),
+        )
+    check("vmf_normalize_bwd", code)
+    return dx
+
+
+@cuda_vmf_normalize_backward.register_fake
+def _(grad, x, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _vmf_setup_context(ctx, inputs, output):
     x, eps = inputs
     ctx.save_for_backward(x)
     ctx.eps = eps
 
 
-def _backward(ctx, grad):
+def _vmf_backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    acc = torch.promote_types(x.dtype, torch.float32)  # float32 math for half inputs
-    xf, gf = x.to(acc), grad.to(acc)
-    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
-    denom = norm.clamp_min(ctx.eps)
-    y = xf / denom
-    # Where the norm is clamped to eps the divisor is a constant: no projection term.
-    proj = torch.where(norm >= ctx.eps, (gf * y).sum(-1, keepdim=True), torch.zeros_like(norm))
-    return ((gf - y * proj) / denom).to(x.dtype), None
+    return torch.ops.aef_kernels.cuda_vmf_normalize_backward(grad, x, ctx.eps), None
 
 
-cuda_vmf_normalize.register_autograd(_backward, setup_context=_setup_context)
+cuda_vmf_normalize.register_autograd(_vmf_backward, setup_context=_vmf_setup_context)
 
 
-def _reasons(x, eps):
+# ---- batch_uniformity_loss -------------------------------------------------------------------------
+
+@torch.library.custom_op("aef_kernels::cuda_batch_uniformity_loss", mutates_args=(), device_types="cuda")
+def cuda_batch_uniformity_loss(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss in u's dtype, float32 dots (B, M) of u viewed as (B, M, D)), M the positions per sample."""
+    u3 = _batch_rows(u)
+    B, M, D = u3.shape
+    dots = torch.empty((B, M), dtype=torch.float32, device=u.device)
+    if dots.numel() == 0:
+        # The mean of no terms, as the reference gives it.
+        return torch.full((), math.nan, dtype=u.dtype, device=u.device), dots
+    loss = torch.empty((), dtype=u.dtype, device=u.device)
+    partials = torch.empty((UNIFORMITY_PARTIALS,), dtype=torch.float32, device=u.device)
+    with torch.cuda.device(u.device):
+        code = _C.launch_batch_uniformity_fwd(
+            u3.data_ptr(), dots.data_ptr(), partials.data_ptr(), loss.data_ptr(), B, M, D, u3.stride(0),
+            u3.stride(1), UNIFORMITY_PARTIALS, DTYPE_CODES[u.dtype], stream_handle(u.device),
+        )
+    check("batch_uniformity_fwd", code)
+    return loss, dots
+
+
+@cuda_batch_uniformity_loss.register_fake
+def _(u):
+    M = math.prod(u.shape[1:-1])
+    return u.new_empty((), dtype=u.dtype), u.new_empty((u.shape[0], M), dtype=torch.float32)
+
+
+@torch.library.custom_op("aef_kernels::cuda_batch_uniformity_loss_backward", mutates_args=(), device_types="cuda")
+def cuda_batch_uniformity_loss_backward(grad: torch.Tensor, u: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
+    u3 = _batch_rows(u)
+    B, M, D = u3.shape
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    if du.numel() == 0:
+        return du
+    g = grad.to(u.dtype).contiguous()
+    dots = dots.contiguous()
+    with torch.cuda.device(u.device):
+        code = _C.launch_batch_uniformity_bwd(
+            g.data_ptr(), u3.data_ptr(), dots.data_ptr(), du.data_ptr(), B, M, D, u3.stride(0), u3.stride(1),
+            DTYPE_CODES[u.dtype], stream_handle(u.device),
+        )
+    check("batch_uniformity_bwd", code)
+    return du
+
+
+@cuda_batch_uniformity_loss_backward.register_fake
+def _(grad, u, dots):
+    return torch.empty(u.shape, dtype=u.dtype, device=u.device)
+
+
+def _uniformity_setup_context(ctx, inputs, output):
+    (u,) = inputs
+    _, dots = output
+    ctx.mark_non_differentiable(dots)
+    ctx.save_for_backward(u, dots)
+
+
+def _uniformity_backward(ctx, grad_loss, grad_dots):
+    u, dots = ctx.saved_tensors
+    return torch.ops.aef_kernels.cuda_batch_uniformity_loss_backward(grad_loss, u, dots)
+
+
+cuda_batch_uniformity_loss.register_autograd(_uniformity_backward, setup_context=_uniformity_setup_context)
+
+
+# ---- dispatch --------------------------------------------------------------------------------------
+
+def _reasons(name: str, t: torch.Tensor) -> list[str]:
     reasons = []
-    if x.device.type != "cuda":
-        reasons.append(f"x is on {x.device.type}; the cuda backend needs a CUDA tensor")
-    reasons.extend(checks.kernel_dtype_reasons(x))
-    if x.shape[-1] > 1 and x.stride(-1) != 1:
-        reasons.append(f"x: the last dimension must be contiguous (stride 1), got strides {tuple(x.stride())}")
+    if t.device.type != "cuda":
+        reasons.append(f"{name} is on {t.device.type}; the cuda backend needs a CUDA tensor")
+    reasons.extend(checks.kernel_dtype_reasons(t))
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        reasons.append(f"{name}: the last dimension must be contiguous (stride 1), got strides {tuple(t.stride())}")
     return reasons
 
 
-@dispatch.register("vmf_normalize", "cuda", reasons=_reasons)
+def _vmf_reasons(x, eps):
+    return _reasons("x", x)
+
+
+def _uniformity_reasons(u):
+    return _reasons("u", u)
+
+
+@dispatch.register("vmf_normalize", "cuda", reasons=_vmf_reasons)
 def vmf_normalize(x, eps):
     return torch.ops.aef_kernels.cuda_vmf_normalize(x, eps)
+
+
+@dispatch.register("batch_uniformity_loss", "cuda", reasons=_uniformity_reasons)
+def batch_uniformity_loss(u):
+    return torch.ops.aef_kernels.cuda_batch_uniformity_loss(u)[0]

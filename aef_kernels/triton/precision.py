@@ -100,21 +100,32 @@ def _gn_stats_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, y_ptr, HW, 
 
 @triton.jit
 def _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, src, n_idx, ok, cc, c_ok, CIN, G, CG,
-                     NORM_IN: tl.constexpr, dot_ty: tl.constexpr):
+                     NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, dot_ty: tl.constexpr):
     """[len(src), len(cc)] input tile at pixels ``src`` (rows) and channels ``cc`` (columns).
 
     With NORM_IN the GroupNorm affine is applied on the fly; out-of-bounds taps are zero *after*
-    normalisation, as the reference pads the normalised tensor.
+    normalisation, as the reference pads the normalised tensor. ONE_FRAME (H*W a multiple of the
+    row block, so all rows, and all their in-bounds taps, lie in frame n_idx[0]) turns the per-element
+    statistics gathers into one scale and shift per channel: one FMA per element and far fewer
+    registers.
     """
     mask = ok[:, None] & c_ok[None, :]
     a = tl.load(a_ptr + src[:, None] * CIN + cc[None, :], mask=mask, other=0.0)
     if NORM_IN:
-        sidx = n_idx[:, None] * G + (cc // CG)[None, :]
-        mu = tl.load(mean_ptr + sidx, mask=mask, other=0.0)
-        rs = tl.load(rstd_ptr + sidx, mask=mask, other=0.0)
         gam = tl.load(gamma_ptr + cc, mask=c_ok, other=0.0)
         bet = tl.load(beta_ptr + cc, mask=c_ok, other=0.0)
-        a = (a.to(tl.float32) - mu) * rs * gam[None, :] + bet[None, :]
+        if ONE_FRAME:
+            sidx = tl.min(n_idx, axis=0) * G + cc // CG
+            # A row block past the last frame (the tail of a weight-gradient chunk) reads no statistics.
+            s_ok = c_ok & (tl.max(ok.to(tl.int32), axis=0) > 0)
+            scale = tl.load(rstd_ptr + sidx, mask=s_ok, other=0.0) * gam
+            shift = bet - tl.load(mean_ptr + sidx, mask=s_ok, other=0.0) * scale
+            a = a.to(tl.float32) * scale[None, :] + shift[None, :]
+        else:
+            sidx = n_idx[:, None] * G + (cc // CG)[None, :]
+            mu = tl.load(mean_ptr + sidx, mask=mask, other=0.0)
+            rs = tl.load(rstd_ptr + sidx, mask=mask, other=0.0)
+            a = (a.to(tl.float32) - mu) * rs * gam[None, :] + bet[None, :]
         a = tl.where(mask, a, 0.0)
     return a.to(dot_ty)
 
@@ -122,7 +133,7 @@ def _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, src, n_idx,
 @triton.jit
 def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, z_ptr, res_ptr,
                     out_ptr, pre_ptr, M, H, W, CIN, COUT, G, CG,
-                    NORM_IN: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
+                    NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
                     STORE_PRE: tl.constexpr, HAS_RES: tl.constexpr, DOT_PREC: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -149,7 +160,7 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
         ww = w_idx + dx
         ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         a = _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, offs_m + dy * W + dx, n_idx,
-                             ok, cc, c_ok, CIN, G, CG, NORM_IN, dot_ty)
+                             ok, cc, c_ok, CIN, G, CG, NORM_IN, ONE_FRAME, dot_ty)
         b = tl.load(w_ptr + (tap * CIN + cc)[:, None] * COUT + offs_n[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
@@ -171,7 +182,7 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
 @triton.jit
 def _conv3x3_wgrad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dw_ptr, db_ptr,
                           M, H, W, CIN, COUT, G, CG, CHUNK,
-                          NORM_IN: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                          NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     pid_s = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -199,7 +210,7 @@ def _conv3x3_wgrad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr
         ww = w_idx + dx
         ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         a = _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, offs_m + dy * W + dx, n_idx,
-                             ok, cc, c_ok, CIN, G, CG, NORM_IN, dot_ty)
+                             ok, cc, c_ok, CIN, G, CG, NORM_IN, ONE_FRAME, dot_ty)
         g = tl.load(dy_ptr + offs_m[:, None] * COUT + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
                     other=0.0)
         acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
@@ -280,18 +291,20 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# 8 warps throughout: with 4, the [BLOCK_M, BLOCK_K] input tile (its 64-bit addresses and, for conv1,
+# the normalisation) no longer fits in 255 registers and spills (seen in the AOT reports). float32
+# uses half-height tiles: its operands are twice as wide and "ieee" products run on the FMA units.
+
 def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    bn = _tile(cout, 16, 128)
-    return dict(BLOCK_M=128, BLOCK_N=bn, BLOCK_K=_tile(cin, 16, 64 if wide else 32),
-                num_warps=8 if bn >= 128 else 4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=128 if wide else 64, BLOCK_N=_tile(cout, 16, 128), BLOCK_K=_tile(cin, 16, 64 if wide else 32),
+                num_warps=8, num_stages=3 if wide else 2)
 
 
 def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    bco = _tile(cout, 16, 128)
-    return dict(BLOCK_M=64 if wide else 32, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=bco,
-                num_warps=8 if bco >= 128 else 4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
+                num_warps=8, num_stages=3 if wide else 2)
 
 
 def _gn_config(cg: int) -> dict:
@@ -332,7 +345,8 @@ def _conv3x3(a, wmat, cout, out_dtype, *, bias=None, norm=None, epilogue=EPI_NON
         a, wmat, bias if bias is not None else a, mean, rstd, gamma, beta,
         z if z is not None else a, res if res is not None else a, out, pre if pre is not None else out,
         M, H, W, cin, cout, G, cin // G,
-        NORM_IN=norm is not None, HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
+        NORM_IN=norm is not None, ONE_FRAME=norm is not None and (H * W) % cfg["BLOCK_M"] == 0,
+        HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
         HAS_RES=res is not None, DOT_PREC=_dot_prec(wmat.dtype), **cfg)
     return out
 
@@ -358,7 +372,8 @@ def _conv3x3_wgrad(a, dy, *, norm=None):
     grid = (split, 9 * triton.cdiv(cin, cfg["BLOCK_CI"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
     wrap_triton(_conv3x3_wgrad_kernel)[grid](
         a, dy, mean, rstd, gamma, beta, dw, db, M, H, W, cin, cout, G, cin // G, chunk,
-        NORM_IN=norm is not None, DOT_PREC=_dot_prec(dy.dtype), **cfg)
+        NORM_IN=norm is not None, ONE_FRAME=norm is not None and (H * W) % cfg["BLOCK_M"] == 0,
+        DOT_PREC=_dot_prec(dy.dtype), **cfg)
     dw = dw.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
     return dw, db.sum(0)
 
@@ -579,19 +594,23 @@ def aot_specs() -> list[AOTSpec]:
                         ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("z_ptr", p), ("res_ptr", p),
                         ("out_ptr", out_ty), ("pre_ptr", p), ("M", "i32"), ("H", "i32"), ("W", "i32"),
                         ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"), ("CG", "i32"), ("NORM_IN", ""),
-                        ("HAS_BIAS", ""), ("EPILOGUE", ""), ("STORE_PRE", ""), ("HAS_RES", ""), ("DOT_PREC", ""),
-                        ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
-                ce = dict(NORM_IN=norm, HAS_BIAS=bias, EPILOGUE=epi, STORE_PRE=pre, HAS_RES=res,
-                          DOT_PREC=_dot_prec(dtype), **cfg)
-                add(f"conv3x3_{name}_{ty}_{cin}x{cout}_{out_ty[1:]}", _conv3x3_kernel, args, ce, nw, ns)
+                        ("ONE_FRAME", ""), ("HAS_BIAS", ""), ("EPILOGUE", ""), ("STORE_PRE", ""), ("HAS_RES", ""),
+                        ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
+                for one_frame in (True, False) if norm else (False,):
+                    ce = dict(NORM_IN=norm, ONE_FRAME=one_frame, HAS_BIAS=bias, EPILOGUE=epi, STORE_PRE=pre,
+                              HAS_RES=res, DOT_PREC=_dot_prec(dtype), **cfg)
+                    tag = "" if not norm else ("_oneframe" if one_frame else "_anyframe")
+                    add(f"conv3x3_{name}{tag}_{ty}_{cin}x{cout}_{out_ty[1:]}", _conv3x3_kernel, args, ce, nw, ns)
             for name, cin, cout, norm in (("wgrad1", c, 4 * c, True), ("wgrad2", 4 * c, c, False)):
                 cfg = _wgrad_config(cin, cout, dtype)
                 nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
                 args = [("a_ptr", p), ("dy_ptr", p), ("mean_ptr", "*fp32"), ("rstd_ptr", "*fp32"),
                         ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"),
                         ("M", "i32"), ("H", "i32"), ("W", "i32"), ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"),
-                        ("CG", "i32"), ("CHUNK", "i32"), ("NORM_IN", ""), ("DOT_PREC", ""), ("BLOCK_M", ""),
-                        ("BLOCK_CI", ""), ("BLOCK_CO", "")]
-                ce = dict(NORM_IN=norm, DOT_PREC=_dot_prec(dtype), **cfg)
-                add(f"conv3x3_{name}_{ty}_{cin}x{cout}", _conv3x3_wgrad_kernel, args, ce, nw, ns)
+                        ("CG", "i32"), ("CHUNK", "i32"), ("NORM_IN", ""), ("ONE_FRAME", ""), ("DOT_PREC", ""),
+                        ("BLOCK_M", ""), ("BLOCK_CI", ""), ("BLOCK_CO", "")]
+                for one_frame in (True, False) if norm else (False,):
+                    ce = dict(NORM_IN=norm, ONE_FRAME=one_frame, DOT_PREC=_dot_prec(dtype), **cfg)
+                    tag = "" if not norm else ("_oneframe" if one_frame else "_anyframe")
+                    add(f"conv3x3_{name}{tag}_{ty}_{cin}x{cout}", _conv3x3_wgrad_kernel, args, ce, nw, ns)
     return list(specs.values())

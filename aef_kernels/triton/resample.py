@@ -28,6 +28,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import checks, dispatch
 from ..functional import ExchangeParams
+from ..reference.resample import _cast
 from .aot import AOTSpec
 from .common import device_reasons
 from .precision import _TL_DTYPES, _dot_prec, _tile, _wgrad_split
@@ -349,10 +350,6 @@ def _linear_weight_grad(a, du, w):
     return dw.t().to(w.dtype), db
 
 
-def _bias_grad(db, bias):
-    return None if bias is None else db.to(bias.dtype)
-
-
 # ------------------------------------------------------------------------------------------------
 # torch.library ops (inputs contiguous, parameters already in x's dtype).
 
@@ -505,10 +502,6 @@ _exchange_fwd.register_autograd(_exchange_backward, setup_context=_exchange_setu
 # ------------------------------------------------------------------------------------------------
 # Dispatcher entry points.
 
-def _cast(t, dtype):
-    return None if t is None else t.to(dtype)
-
-
 def _power_of_two(f: int) -> bool:
     return f >= 1 and f & (f - 1) == 0
 
@@ -575,12 +568,17 @@ def aot_specs() -> list[AOTSpec]:
             # down-sampling (5 = source projectors' band counts below 16, which all take one
             # 16-wide K tile), the up-sampling gather, the three exchange sums, the 1x1 maps at low
             # resolution (forward, float32 out), and the backward's 1x1 passes on float32 gradients.
-            passes = [("down", (dp,), dt_, 1, 0, False, True, p, p), ("down", (dt_,), ds, 1, 0, False, True, p, p),
-                      ("down", (dp,), ds, 1, 0, False, True, p, p), ("down", (5,), dp, 1, 0, False, True, p, p),
-                      ("up_gather", (), dp, 0, 1, False, False, p, p), ("up_gather", (), dt_, 0, 1, False, False, p, p),
-                      ("exch_s", (dp, dt_), ds, 2, 0, True, True, p, p), ("exch_t", (dp,), dt_, 1, 1, True, True, p, p),
+            passes = [("down", (dp,), dt_, 1, 0, False, True, p, p),
+                      ("down", (dt_,), ds, 1, 0, False, True, p, p),
+                      ("down", (dp,), ds, 1, 0, False, True, p, p),
+                      ("down", (5,), dp, 1, 0, False, True, p, p),
+                      ("up_gather", (), dp, 0, 1, False, False, p, p),
+                      ("up_gather", (), dt_, 0, 1, False, False, p, p),
+                      ("exch_s", (dp, dt_), ds, 2, 0, True, True, p, p),
+                      ("exch_t", (dp,), dt_, 1, 1, True, True, p, p),
                       ("exch_p", (), dp, 0, 2, True, False, p, p),
-                      ("bwd_s", (dt_, dp), ds, 2, 0, True, False, f32, p), ("bwd_t", (dp,), dt_, 1, 0, True, False, f32, p)]
+                      ("bwd_s", (dt_, dp), ds, 2, 0, True, False, f32, p),
+                      ("bwd_t", (dp,), dt_, 1, 0, True, False, f32, p)]
             for cin, cout in ((ds, dt_), (ds, dp), (dt_, dp), (dp, dt_), (dp, ds), (dt_, ds)):
                 passes += [("linear", (cin,), cout, 1, 0, False, True, p, f32),
                            ("up_dx", (cin,), cout, 1, 0, False, False, f32, p)]
@@ -595,8 +593,8 @@ def aot_specs() -> list[AOTSpec]:
                         ("HAS_OWN", ""), ("HAS_BIAS", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""),
                         ("BLOCK_K1", ""), ("BLOCK_K2", "")]
                 ce = dict(NUM_DOWN=nd, NUM_UP=nu, HAS_OWN=own, HAS_BIAS=bias, DOT_PREC=_dot_prec(dtype), **cfg)
-                add(f"exchange_{name}_{ty}_{'x'.join(map(str, cins))}to{cout}_{a_ty[1:]}_{out_ty[1:]}", _exchange_kernel,
-                    args, ce, nw, ns)
+                tag = f"{'x'.join(map(str, cins))}to{cout}_{a_ty[1:]}_{out_ty[1:]}"
+                add(f"exchange_{name}_{ty}_{tag}", _exchange_kernel, args, ce, nw, ns)
             for c in (dp, dt_):
                 cfg = _adjoint_config(c)
                 nw = cfg.pop("num_warps")

@@ -134,8 +134,8 @@ def test_bad_tiling_is_refused(bad):
 
 
 def test_shards_merged_equal_the_single_run(model, scene, float_output, tmp_path):
-    """Embedding in 3 shards and merging writes the same raster as one run; a merge with a shard
-    missing refuses with a clear error."""
+    """Embedding in 3 shards and merging writes the same raster as one run and then removes the
+    partials; a merge with a shard missing refuses with a clear error."""
     out = tmp_path / "emb.tif"
     for i in range(3):
         _embed(model, scene, out, dtype="float32", shard=(i, 3))
@@ -143,6 +143,7 @@ def test_shards_merged_equal_the_single_run(model, scene, float_output, tmp_path
             with pytest.raises(SceneError, match="shard.*2 of 3.*missing"):
                 merge_shards(out, progress=False)
     merge_shards(out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.tif"]
     got, ds = _read(out)
     want, ref = _read(float_output)
     assert all(ds[k] == ref[k] for k in ("crs", "transform", "descriptions", "width", "height"))
@@ -164,8 +165,9 @@ def test_parse_shard_rejects(text):
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_npz_scene_and_nodata(model, tmp_path):
-    """An .npz scene embeds too; pixels never observed in any frame are no-data (-128), all other
-    pixels unit vectors; an npz without georeferencing gives an ungeoreferenced raster."""
+    """An .npz scene in the sample format embeds too (target-only sources ignored); pixels never
+    observed in any frame are no-data (-128), all others unit vectors; an npz without
+    georeferencing gives an ungeoreferenced raster."""
     rng = np.random.default_rng(0)
     h, w = 40, 50
     s2 = rng.normal(size=(2, h, w, 5)).astype(np.float32)
@@ -175,7 +177,8 @@ def test_npz_scene_and_nodata(model, tmp_path):
     s2[1, 30:, 30:] = np.nan  # invalid in both frames, once by mask and once by NaN
     times = np.array([parse_time("2023-04-01"), parse_time("2023-07-01")], dtype=np.int64)
     path = tmp_path / "scene.npz"
-    np.savez(path, **{"sentinel2/data": s2, "sentinel2/timestamps": times, "sentinel2/mask": mask})
+    np.savez(path, **{"source_data/sentinel2": s2, "timestamps/sentinel2": times, "masks/sentinel2": mask,
+                      "source_data/glo30": np.zeros((1, h, w, 4), np.float32)})
     out = _embed(model, path, tmp_path / "emb.tif")
     q, ds = _read(out)
     dead = np.zeros((h, w), dtype=bool)
@@ -297,3 +300,17 @@ def test_without_rasterio_the_message_names_the_extra(scene, tmp_path, capsys, m
     monkeypatch.setitem(sys.modules, "rasterio", None)
     code, _, err = _cli(capsys, "embed", str(scene), "--out", str(tmp_path / "o.tif"), "--preset", "tiny")
     assert code == 2 and "pip install 'aef-kernels[geo]'" in err
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_saved_training_sample_is_a_scene(model, tmp_path):
+    """A sample written by aef.data.save_sample (all sources, metadata, text) embeds as a scene: its
+    input sources are used, everything else ignored, and every pixel with data gets a unit vector."""
+    from aef.data import save_sample, synthetic_sample
+
+    path = tmp_path / "sample.npz"
+    save_sample(path, synthetic_sample(32, seed=1, text_dim=8))
+    out = _embed(model, path, tmp_path / "emb.tif", dtype="float32")
+    x, meta = _read(out)
+    assert (meta["height"], meta["width"], meta["count"]) == (32, 32, 64)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 1, atol=1e-5)

@@ -103,4 +103,5 @@ def test_compiles_with_fullgraph(encoder):
     mask = torch.tensor([[True, False]])
     with K.use_backend("reference"):
         compiled = torch.compile(encoder, fullgraph=True, backend="aot_eager")
-        torch.testing.assert_close(compiled(x, tc, mask), encoder(x, tc, mask), rtol=1e-4, atol=1e-4)
+        # Only the valid frame: outputs at masked frames are unspecified (eager skips them).
+        torch.testing.assert_close(compiled(x, tc, mask)[:, :1], encoder(x, tc, mask)[:, :1], rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 rasterio = pytest.importorskip("rasterio")
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 from aef import quantize as Q  # noqa: E402
 from aef.cli import main  # noqa: E402
@@ -13,10 +14,11 @@ from pipeline_fixtures import HEIGHT, WIDTH, write_scene  # noqa: E402
 
 
 def _clusters(h=30, w=40, seed=0):
-    """A field of three clusters of unit vectors (left, middle, right thirds) with a no-data block."""
+    """A field of four clusters of unit vectors (vertical stripes) with a no-data block: the four
+    centres span three dimensions, which the three principal components capture."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(3, 64))
-    labels = np.repeat(np.arange(3), [w // 3, w // 3, w - 2 * (w // 3)])[None].repeat(h, 0)
+    centres = rng.normal(size=(4, 64))
+    labels = np.repeat(np.arange(4), w // 4)[None].repeat(h, 0)
     x = centres[labels] + 0.05 * rng.normal(size=(h, w, 64))
     x = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
     x[:5, :5] = np.nan
@@ -36,9 +38,9 @@ def test_pca_colours_separate_clusters_and_blacken_nodata():
     assert rgb.shape == x.shape[:2] + (3,)
     assert (rgb[:5, :5] == 0).all()
     valid = np.isfinite(x).all(-1)
-    means = [rgb[valid & (labels == k)].mean(0) for k in range(3)]
-    spread = max(rgb[valid & (labels == k)].std(0).max() for k in range(3))
-    gaps = [np.abs(means[a] - means[b]).max() for a, b in ((0, 1), (0, 2), (1, 2))]
+    means = [rgb[valid & (labels == k)].mean(0) for k in range(4)]
+    spread = max(rgb[valid & (labels == k)].std(0).max() for k in range(4))
+    gaps = [np.abs(means[a] - means[b]).max() for a in range(4) for b in range(a + 1, 4)]
     assert min(gaps) > 4 * spread and min(gaps) > 60
 
 

@@ -21,6 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 KERNEL_FAMILIES = {
     "vmf_normalize_fwd_regs": True,
     "vmf_normalize_fwd_rows": True,
+    "vmf_normalize_bwd_regs": True,
+    "vmf_normalize_bwd_rows": True,
+    "batch_uniformity_fwd_dots": True,
+    "batch_uniformity_fwd_sum": False,
+    "batch_uniformity_bwd": True,
+    "group_norm_fwd_partials": True,
+    "group_norm_fwd_stats": False,
+    "group_norm_fwd_apply": True,
+    "group_norm_bwd_partials": True,
+    "group_norm_bwd_coefs": False,
+    "group_norm_bwd_params": False,
+    "group_norm_bwd_apply": True,
 }
 
 

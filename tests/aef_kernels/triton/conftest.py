@@ -7,24 +7,6 @@ pytest.importorskip("triton")
 
 
 @pytest.fixture
-def poisoned():
-    """Uninitialised memory (``torch.empty`` and friends) is NaN-filled for the duration of a test.
-
-    The launchers allocate their outputs with ``torch.empty``; an element a kernel forgets to write
-    stays NaN and fails the comparison with the reference, instead of passing by luck with whatever
-    the allocator left there. PyTorch does the filling in deterministic mode.
-    """
-    mode, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    assert torch.empty(4).isnan().all(), "the NaN poison is not in force"
-    yield
-    torch.utils.deterministic.fill_uninitialized_memory = fill
-    torch.use_deterministic_algorithms(mode, warn_only=warn_only)
-
-
-@pytest.fixture
 def gen():
     """A seeded generator: every test draws the same inputs on every run."""
     return torch.Generator().manual_seed(0)

@@ -155,3 +155,94 @@ def test_opcheck(case):
     """torch.library.opcheck: schema, autograd registration and fake-tensor propagation hold."""
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+
+
+gpu = pytest.mark.gpu
+
+
+def low_precision_errors(op, tensors, lowp, dtype):
+    """Max |error| against the float64 reference of every output and every gradient, for the Triton
+    kernels and for the reference, both run with ``tensors[i]`` in ``dtype`` for i in ``lowp`` (the
+    others, parameters, stay float32 as a model keeps them). ``op(leaves, backend)`` runs the op."""
+
+    def run(backend, cast):
+        leaves = [cast(i, t).detach().requires_grad_() for i, t in enumerate(tensors)]
+        out = op(leaves, backend)
+        out = out if isinstance(out, tuple) else (out,)
+        return list(out) + list(grads(out, leaves))
+
+    want = run("reference", lambda i, t: t.double())
+    return {backend: [(a.double() - b).abs().max().item()
+                      for a, b in zip(run(backend, lambda i, t: t.to(dtype) if i in lowp else t), want)]
+            for backend in ("triton", "reference")}
+
+
+def assert_flash_rule(errors, n_outputs):
+    """Flash-attention's tolerance rule: the kernel's error is at most 2x (outputs) or 3x (gradients)
+    the reference's own error in the same dtype, plus float32 rounding."""
+    for i, (mine, theirs) in enumerate(zip(errors["triton"], errors["reference"])):
+        assert mine <= (2 if i < n_outputs else 3) * theirs + 1e-5, (i, errors)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,H,W,C", [(2, 9, 13, 16), (2, 8, 8, 96), (1, 32, 32, 128), (1, 5, 3, 256)])
+def test_gpu_precision_operator_low_precision(dtype, N, H, W, C):
+    """Output and all gradients obey the flash-attention rule in every kernel dtype and preset width."""
+    G = tri._groups(C)
+    x, params = make_inputs(N, H, W, C)
+    errors = low_precision_errors(lambda t, b: K.precision_operator(*t, G, backend=b), [x] + params, {0}, dtype)
+    assert_flash_rule(errors, 1)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_gpu_group_norm_low_precision(dtype, activation):
+    """group_norm_nhwc output and gradients obey the flash-attention rule."""
+    x, params = make_inputs(2, 17, 9, 128)
+    errors = low_precision_errors(
+        lambda t, b: K.group_norm_nhwc(*t, 32, activation=activation, backend=b), [x] + params[:2], {0}, dtype)
+    assert_flash_rule(errors, 1)
+
+
+@gpu
+def test_gpu_offsets_beyond_int32():
+    """With 4096 frames the 4C intermediate has 2^32 elements: the last frames (offsets past 2^31)
+    get the same output and input gradient as the reference computes for them alone."""
+    N, H, W, C = 4096, 64, 64, 64
+    _, params = make_inputs(1, 1, 1, C)
+    x = torch.randn(N, H, W, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = K.precision_operator(x, *params, 32, backend="triton")
+    dy = torch.randn(2, H, W, C, device="cuda", dtype=torch.bfloat16)
+    (dx,) = torch.autograd.grad(y[-2:], x, dy)
+    tail = x[-2:].detach().requires_grad_()
+    y_ref = ref.precision_operator(tail, *params, 32, 1e-5)
+    (dx_ref,) = torch.autograd.grad(y_ref, tail, dy)
+    torch.testing.assert_close(y[-2:], y_ref, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(dx[-2:], dx_ref, rtol=5e-2, atol=5e-2)
+    assert dx[:-2].abs().max() == 0
+
+
+@gpu
+def test_gpu_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces both Triton ops (forward and backward) without graph
+    breaks and computes what eager computes."""
+    x, params = make_inputs(2, 8, 8, 64, dtype=torch.bfloat16)
+    inputs = [x] + params
+
+    def f(x, *p):
+        y = K.precision_operator(x, *p, 32, backend="triton")
+        return K.group_norm_nhwc(y, p[0], p[1], 32, activation="gelu", backend="triton").float().square().sum()
+
+    eager = torch.autograd.grad(f(*inputs), inputs)
+    compiled = torch.autograd.grad(torch.compile(f, fullgraph=True)(*inputs), inputs)
+    torch.testing.assert_close(compiled, eager)
+
+
+@gpu
+def test_gpu_auto_picks_triton():
+    """auto dispatch runs the Triton kernels for CUDA tensors."""
+    x, params = make_inputs(1, 4, 4, 64, dtype=torch.bfloat16)
+    assert dispatch.select("precision_operator", (x, *params, 32, 1e-5)).backend == "triton"
+    assert dispatch.select("group_norm_nhwc", (x, None, None, 32, 1e-5, None)).backend == "triton"

@@ -11,7 +11,7 @@ import aef_kernels as K
 from aef_kernels import dispatch
 from aef_kernels.reference import resample as ref
 from aef_kernels.triton import resample as tri
-from test_precision import OPCHECK_TESTS, grads
+from test_precision import OPCHECK_TESTS, assert_flash_rule, grads, low_precision_errors
 
 pytestmark = pytest.mark.usefixtures("poisoned")
 
@@ -129,3 +129,61 @@ def test_opcheck(case):
     see test_precision.OPCHECK_TESTS)."""
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+
+
+gpu = pytest.mark.gpu
+SMALL_PRESET = (512, 256, 64)  # (d_s, d_t, d_p)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_gpu_resample_low_precision(dtype, factor):
+    """resample_down and resample_up outputs and gradients obey the flash-attention rule."""
+    g = torch.Generator().manual_seed(0)
+    x = rand(g, 3, 4 * factor, 2 * factor, 64)
+    wd, b = rand(g, 256, 64, factor, factor, scale=0.05), rand(g, 256)
+    errors = low_precision_errors(lambda t, bk: K.resample_down(*t, factor, backend=bk), [x, wd, b], {0}, dtype)
+    assert_flash_rule(errors, 1)
+    x = rand(g, 3, 4, 2, 256)
+    wu = rand(g, 64, 256, scale=0.05)
+    errors = low_precision_errors(lambda t, bk: K.resample_up(*t, factor, backend=bk), [x, wu, b[:64]], {0},
+                                  dtype)
+    assert_flash_rule(errors, 1)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_pyramid_exchange_low_precision(dtype):
+    """All three sums and all gradients obey the flash-attention rule at the small preset's widths
+    and the model's ratios (S at 2x2, T at 4x4, P at 16x16)."""
+    xs, xt, xp, params = exchange_inputs(2, 2, 2, 4, SMALL_PRESET, (True,) * 6)
+    tensors = [xs, xt, xp] + list(params)
+    errors = low_precision_errors(
+        lambda t, bk: K.pyramid_exchange(t[0], t[1], t[2], K.ExchangeParams(*t[3:]), backend=bk),
+        tensors, {0, 1, 2}, dtype)
+    assert_flash_rule(errors, 3)
+
+
+@gpu
+def test_gpu_exchange_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces the Triton exchange (forward and backward) without graph
+    breaks and computes what eager computes."""
+    xs, xt, xp, params = exchange_inputs(2, 2, 2, 4, SMALL_PRESET, (True,) * 6)
+    inputs = [xs, xt, xp] + list(params)
+
+    def f(xs, xt, xp, *p):
+        ys, yt, yp = K.pyramid_exchange(xs, xt, xp, K.ExchangeParams(*p), backend="triton")
+        return ys.square().sum() + yt.square().sum() + yp.square().sum()
+
+    eager = torch.autograd.grad(f(*inputs), inputs)
+    compiled = torch.autograd.grad(torch.compile(f, fullgraph=True)(*inputs), inputs)
+    torch.testing.assert_close(compiled, eager)
+
+
+@gpu
+def test_gpu_auto_picks_triton():
+    """auto dispatch runs the Triton kernels for CUDA tensors."""
+    xs, xt, xp, params = exchange_inputs(1, 1, 2, 4, SMALL_PRESET, (True,) * 6)
+    assert dispatch.select("pyramid_exchange", (xs, xt, xp, params)).backend == "triton"
+    assert dispatch.select("resample_up", (xs, params.s_to_t_w, None, 2)).backend == "triton"

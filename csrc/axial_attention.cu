@@ -1,0 +1,183 @@
+// Axial time attention forward: o = softmax(scale * q k^T, masked) v per sequence (one pixel and
+// head), reading q, k, v in place from their (B, T, H, W, heads, d) strides.
+//
+// A warp owns 16 queries of one sequence and walks the keys in blocks of 64 with the online softmax;
+// for T <= 64 that is a single block, so the whole 16 x T score tile stays in registers and is
+// normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
+// lse2 = log2(sum_j exp2(scale * log2(e) * q.k_j)), so the backward recomputes the probabilities as
+// exp2(scale * log2(e) * q.k - lse2) with no change of base. A query with no valid key gets o = 0
+// and lse2 = +inf, which makes every recomputed probability exactly 0.
+#include "axial_attention.cuh"
+#include "launchers.h"
+
+namespace aef {
+namespace attn {
+namespace {
+
+constexpr int kKeyBlock = 64;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    axial_attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                        T* __restrict__ o, float* __restrict__ lse, Problem p) {
+  constexpr int kTiles = kKeyBlock / 8;  // score tiles of 8 keys
+  constexpr int kChunks = D / 16;        // k-steps over the head dim
+  constexpr int kOutTiles = D / 8;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  // Sequences s < 2^31 and strides of 2^31 warps at most: the sum stays within uint32.
+  for (uint32_t s = first_sequence(); s < p.S; s += sequence_stride()) {
+    const Seq sq = split_sequence(s, p);
+    const T* qs = q + base_offset(p.q, sq);
+    const T* ks = k + base_offset(p.k, sq);
+    const T* vs = v + base_offset(p.v, sq);
+    const uint8_t* ms = p.mask ? p.mask + (sq.b * p.m.b + sq.h * p.m.h + sq.w * p.m.w) : nullptr;
+    const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTileRows + g;  // query frames of rows g and g + 8
+    const int64_t r1 = r0 + 8;
+    const bool ok0 = r0 < p.Tq, ok1 = r1 < p.Tq;
+    const T* q0 = qs + r0 * p.q.t;
+    const T* q1 = qs + r1 * p.q.t;
+
+    float acc[kOutTiles][4];
+#pragma unroll
+    for (int i = 0; i < kOutTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY};  // running row maxima (base-2 scaled scores)
+    float l[2] = {0.f, 0.f};              // this lane's share of the running row sums
+
+    for (int64_t kb = 0; kb < p.T; kb += kKeyBlock) {
+      // Bit j: key kb + 8j + g, the K row this lane loads for score tile j, may be read. Padding
+      // keys are not read at all, so whatever they hold (NaN included) cannot reach the output.
+      unsigned kread = 0;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) kread |= unsigned(key_valid(p, ms, kb + j * 8 + g)) << j;
+      float sc[kTiles][4];
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const FragA<T> qa = load_a(q0 + c * 16, q1 + c * 16, ok0, ok1, t, p.vec2);
+#pragma unroll
+        for (int j = 0; j < kTiles; ++j) {
+          if (kb + j * 8 >= p.T) continue;  // warp-uniform: tiles past the last key stay masked
+          const T* krow = ks + (kb + j * 8 + g) * p.k.t + c * 16;
+          mma(sc[j], qa, load_b_rows(krow, kread >> j & 1u, t, p.vec2));
+        }
+      }
+
+      // Bit 2j + e: key kb + 8j + 2t + e (this lane's score columns) may be attended to.
+      unsigned valid = 0;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) valid |= unsigned(key_valid(p, ms, kb + j * 8 + 2 * t + e)) << (2 * j + e);
+
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const bool ok = valid >> (2 * j + (i & 1)) & 1u;
+          sc[j][i] = ok ? sc[j][i] * p.scale_log2 : -INFINITY;
+          mx[i >> 1] = fmaxf(mx[i >> 1], sc[j][i]);
+        }
+      float base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m_new = fmaxf(m[r], quad_max(mx[r]));
+        // While a row has seen no valid key its maximum is -inf; exponentiate against 0 so that
+        // exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
+        base[r] = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = exp2f(m[r] - base[r]);
+        l[r] *= alpha;
+#pragma unroll
+        for (int i = 0; i < kOutTiles; ++i) {
+          acc[i][2 * r] *= alpha;
+          acc[i][2 * r + 1] *= alpha;
+        }
+        m[r] = m_new;
+      }
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          sc[j][i] = exp2f(sc[j][i] - base[i >> 1]);
+          l[i >> 1] += sc[j][i];
+        }
+
+#pragma unroll
+      for (int c = 0; c < kTiles / 2; ++c) {
+        if (kb + c * 16 >= p.T) continue;  // warp-uniform; all its probabilities are 0
+        const FragA<T> pa = a_from_c<T>(sc[2 * c], sc[2 * c + 1]);
+        // Rows 2t, 2t+1, 2t+8, 2t+9 of this 16-key slice are score columns (2c, e) and (2c+1, e).
+        const unsigned rows = ((valid >> (4 * c)) & 3u) | (((valid >> (4 * c + 2)) & 3u) << 2);
+        const T* vrow = vs + (kb + c * 16) * p.v.t + g;
+#pragma unroll
+        for (int i = 0; i < kOutTiles; ++i) mma(acc[i], pa, load_b_cols(vrow + i * 8, p.v.t, rows, t));
+      }
+    }
+
+    const int64_t row0 = contiguous_row(sq, p.Tq, r0, p.HWN);
+    const int64_t row1 = contiguous_row(sq, p.Tq, r1, p.HWN);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float sum = quad_sum(l[r]);
+      const bool has_key = sum > 0.f;
+      // sum >= 1 (the row maximum contributes exp2(0)), so the approximate reciprocal is in range;
+      // one Newton step brings it to float32 accuracy without the division's slow-path subroutine.
+      const float r0inv = __fdividef(1.f, sum);
+      const float inv = has_key ? fmaf(r0inv, fmaf(-sum, r0inv, 1.f), r0inv) : 0.f;
+      const bool ok = r == 0 ? ok0 : ok1;
+      const int64_t row = r == 0 ? row0 : row1;
+      if (ok) {
+        T* orow = o + row * D + 2 * t;
+#pragma unroll
+        for (int i = 0; i < kOutTiles; ++i) store_pair(orow + i * 8, acc[i][2 * r] * inv, acc[i][2 * r + 1] * inv);
+        if (t == 0) lse[row] = has_key ? m[r] + log2f(sum) : INFINITY;
+      }
+    }
+  }
+}
+
+template <typename T, int D>
+cudaError_t launch_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
+                       cudaStream_t stream) {
+  const dim3 grid(grid_for_rows(p.S, kWarps).x, static_cast<unsigned>(row_tiles(p.Tq)));
+  axial_attention_fwd<T, D><<<grid, kThreads, 0, stream>>>(
+      reinterpret_cast<const T*>(q), reinterpret_cast<const T*>(k), reinterpret_cast<const T*>(v),
+      reinterpret_cast<T*>(o), reinterpret_cast<float*>(lse), p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_fwd_typed(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
+                             int64_t d, cudaStream_t stream) {
+  switch (d) {
+    case 16: return launch_fwd<T, 16>(q, k, v, o, lse, p, stream);
+    case 32: return launch_fwd<T, 32>(q, k, v, o, lse, p, stream);
+    case 64: return launch_fwd<T, 64>(q, k, v, o, lse, p, stream);
+    default: return launch_fwd<T, 128>(q, k, v, o, lse, p, stream);
+  }
+}
+
+}  // namespace
+}  // namespace attn
+
+int launch_axial_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, uintptr_t o, uintptr_t lse,
+                               const std::vector<int64_t>& sizes, const std::vector<int64_t>& q_strides,
+                               const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides,
+                               const std::vector<int64_t>& mask_strides, double scale, int dtype, uintptr_t stream) {
+  if (const int status = attn::check_args({q, k, v, o, lse}, sizes, q_strides, k_strides, v_strides, mask_strides, dtype))
+    return status;
+  const int64_t d = sizes[6];
+  const cudaStream_t s = as_stream(stream);
+  const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
+                                    dtype == kFloat32 ? 4 : 2);
+  switch (dtype) {
+    case kFloat32: return attn::launch_fwd_typed<float>(q, k, v, o, lse, p, d, s);
+    case kFloat16: return attn::launch_fwd_typed<__half>(q, k, v, o, lse, p, d, s);
+    default: return attn::launch_fwd_typed<__nv_bfloat16>(q, k, v, o, lse, p, d, s);
+  }
+}
+
+}  // namespace aef

@@ -1,0 +1,304 @@
+// Axial time attention, shared by the forward (axial_attention.cu) and the backward
+// (axial_attention_bwd.cu): problem description, host argument checks, addressing of the
+// (B, T, H, W, heads, d) layout and the warp-level tile primitives.
+//
+// Every kernel is warp-centric: a warp owns one tile of 16 rows (queries, or keys in the dk/dv pass)
+// of one sequence and loops over the other side in column blocks; warps never share data, so there
+// is no shared memory and no block-level synchronisation. Products are mma.sync m16n8k16 (row.col)
+// with float32 accumulation for float16 and bfloat16; float32 inputs run the same code through an
+// exact-float32 emulation of that instruction with the same fragment layout, so one kernel body
+// serves all dtypes.
+//
+// Fragment layout of m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), with lane = 4g + t:
+//   A (16 x 16): v[0..1] = A[g][2t..2t+1],     v[2..3] = A[g+8][2t..2t+1],
+//                v[4..5] = A[g][2t+8..2t+9],   v[6..7] = A[g+8][2t+8..2t+9]
+//   B (16 x 8):  v[0..1] = B[2t..2t+1][g],     v[2..3] = B[2t+8..2t+9][g]
+//   C (16 x 8):  c[0..1] = C[g][2t..2t+1],     c[2..3] = C[g+8][2t..2t+1]
+// Two C tiles side by side (columns 0-7 and 8-15) hold exactly the elements of one A fragment, which
+// is how probabilities computed in registers feed the next product without a round trip.
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "cuda_utils.cuh"
+
+namespace aef {
+namespace attn {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileRows = 16;  // the M of m16n8k16: rows of a warp's tile
+
+// Sequences are split in 32 bits; row tiles of a sequence go on grid axis 1.
+constexpr int64_t kMaxSequences = 2147483647;
+constexpr int64_t kMaxGridY = 65535;
+
+// Row tiles covering n frames.
+inline int64_t row_tiles(int64_t n) { return cdiv(n, kTileRows); }
+
+// Element strides of a (B, T, H, W, heads, d) operand (d itself is contiguous).
+struct Strides {
+  int64_t b, t, h, w, n;
+};
+
+// Strides of the bool key mask over (b, t, h, w); h and w are 0 for a (B, T) mask.
+struct MaskStrides {
+  int64_t b, t, h, w;
+};
+
+// Everything about one call that is uniform over the grid, passed by value to the kernels.
+// Sequence indices and their factors fit 32 bits (the launchers check), so splitting a sequence
+// index costs 32-bit divisions, not the 64-bit division subroutine.
+struct Problem {
+  uint32_t S;    // sequences: B * H * W * heads
+  uint32_t HWN;  // H * W * heads: sequences per batch element
+  uint32_t W;
+  uint32_t NH;  // heads
+  int64_t Tq;   // query frames
+  int64_t T;    // key frames
+  float scale;
+  float scale_log2;  // scale * log2(e): scores are kept in base 2 so exp2 is one instruction
+  bool vec2;         // every operand row start is aligned for two-element vector loads
+  Strides q, k, v;
+  const uint8_t* mask;  // nullptr: every key in range is valid
+  MaskStrides m;
+};
+
+// ---- host ------------------------------------------------------------------------------------------
+
+inline bool supported_head_dim(int64_t d) { return d == 16 || d == 32 || d == 64 || d == 128; }
+
+// Argument checks shared by the forward and backward launchers; they touch no device state.
+// sizes = (B, Tq, T, H, W, heads, d).
+inline int check_args(std::initializer_list<uintptr_t> required_pointers, const std::vector<int64_t>& sizes,
+                      const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                      const std::vector<int64_t>& v_strides, const std::vector<int64_t>& mask_strides, int dtype) {
+  for (uintptr_t p : required_pointers)
+    if (p == 0) return kNullPointer;
+  if (sizes.size() != 7) return kBadSize;
+  for (int64_t s : sizes)
+    if (s <= 0) return kBadSize;
+  const int64_t B = sizes[0], Tq = sizes[1], T = sizes[2], H = sizes[3], W = sizes[4], NH = sizes[5];
+  // Checked factor by factor so the products below cannot overflow int64.
+  if (H > kMaxSequences || W > kMaxSequences || NH > kMaxSequences || H * W > kMaxSequences ||
+      H * W * NH > kMaxSequences || B > kMaxSequences / (H * W * NH))
+    return kBadSize;
+  if (row_tiles(Tq) > kMaxGridY || row_tiles(T) > kMaxGridY) return kBadSize;
+  if (!supported_head_dim(sizes[6])) return kBadHeadDim;
+  if (!valid_dtype(dtype)) return kBadDtype;
+  if (q_strides.size() != 5 || k_strides.size() != 5 || v_strides.size() != 5 || mask_strides.size() != 4)
+    return kBadStride;
+  for (const auto* st : {&q_strides, &k_strides, &v_strides, &mask_strides})
+    for (int64_t s : *st)
+      if (s < 0) return kBadStride;
+  return kOk;
+}
+
+inline Strides to_strides(const std::vector<int64_t>& s) { return {s[0], s[1], s[2], s[3], s[4]}; }
+
+inline bool pair_aligned(uintptr_t ptr, const Strides& s, int elem) {
+  const auto even = [](int64_t x) { return x % 2 == 0; };
+  return ptr % (2 * elem) == 0 && even(s.b) && even(s.t) && even(s.h) && even(s.w) && even(s.n);
+}
+
+inline Problem make_problem(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, const std::vector<int64_t>& sizes,
+                            const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                            const std::vector<int64_t>& v_strides, const std::vector<int64_t>& mask_strides,
+                            double scale, int elem) {
+  Problem p;
+  const int64_t B = sizes[0], H = sizes[3], W = sizes[4], NH = sizes[5];
+  p.HWN = static_cast<uint32_t>(H * W * NH);
+  p.S = static_cast<uint32_t>(B * H * W * NH);
+  p.W = static_cast<uint32_t>(W);
+  p.NH = static_cast<uint32_t>(NH);
+  p.Tq = sizes[1];
+  p.T = sizes[2];
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.q = to_strides(q_strides);
+  p.k = to_strides(k_strides);
+  p.v = to_strides(v_strides);
+  p.vec2 = pair_aligned(q, p.q, elem) && pair_aligned(k, p.k, elem) && pair_aligned(v, p.v, elem);
+  p.mask = reinterpret_cast<const uint8_t*>(mask);
+  p.m = {mask_strides[0], mask_strides[1], mask_strides[2], mask_strides[3]};
+  return p;
+}
+
+// ---- device: addressing ----------------------------------------------------------------------------
+
+// Sequence s = ((b * H + h) * W + w) * heads + n, the order of the contiguous outputs.
+struct Seq {
+  int64_t b, hwn, h, w, n;
+};
+
+__device__ __forceinline__ Seq split_sequence(uint32_t s, const Problem& p) {
+  const uint32_t b = s / p.HWN;
+  const uint32_t hwn = s - b * p.HWN;
+  const uint32_t hw = hwn / p.NH;
+  const uint32_t h = hw / p.W;
+  return {b, hwn, h, hw - h * p.W, hwn - hw * p.NH};
+}
+
+// Warp w of the grid takes sequences w, w + (warps in the grid), ...: the loop bound is
+// warp-uniform, so every mma and shuffle in the body runs with the full warp.
+__device__ __forceinline__ uint32_t first_sequence() { return blockIdx.x * kWarps + threadIdx.x / 32; }
+__device__ __forceinline__ uint32_t sequence_stride() { return gridDim.x * kWarps; }
+
+__device__ __forceinline__ int64_t base_offset(const Strides& st, const Seq& s) {
+  return s.b * st.b + s.h * st.h + s.w * st.w + s.n * st.n;
+}
+
+// Row of a contiguous (B, frames, H, W, heads[, d]) tensor: outputs, lse, delta, dO.
+__device__ __forceinline__ int64_t contiguous_row(const Seq& s, int64_t frames, int64_t t, int64_t HWN) {
+  return (s.b * frames + t) * HWN + s.hwn;
+}
+
+// Key t of a sequence may be attended to: in range, and not padding.
+__device__ __forceinline__ bool key_valid(const Problem& p, const uint8_t* mask_seq, int64_t t) {
+  return t < p.T && (mask_seq == nullptr || mask_seq[t * p.m.t] != 0);
+}
+
+// ---- device: fragments -----------------------------------------------------------------------------
+
+template <typename T>
+struct FragA {
+  T v[8];
+};
+
+template <typename T>
+struct FragB {
+  T v[4];
+};
+
+template <typename T>
+__device__ __forceinline__ T zero() {
+  return from_float<T>(0.f);
+}
+
+// Elements x[0], x[1] of a row, or zeros when the row is absent (never dereferenced then).
+template <typename T>
+__device__ __forceinline__ void load_pair(const T* x, bool ok, bool vec2, T& a, T& b) {
+  a = b = zero<T>();
+  if (!ok) return;
+  if (vec2) {
+    const Pack<T, 2> pr = *reinterpret_cast<const Pack<T, 2>*>(x);
+    a = pr.v[0];
+    b = pr.v[1];
+  } else {
+    a = x[0];
+    b = x[1];
+  }
+}
+
+// A from a row-major tile: row0 / row1 point at columns k0.. of tile rows g and g + 8.
+template <typename T>
+__device__ __forceinline__ FragA<T> load_a(const T* row0, const T* row1, bool ok0, bool ok1, int t, bool vec2) {
+  FragA<T> a;
+  load_pair(row0 + 2 * t, ok0, vec2, a.v[0], a.v[1]);
+  load_pair(row1 + 2 * t, ok1, vec2, a.v[2], a.v[3]);
+  load_pair(row0 + 2 * t + 8, ok0, vec2, a.v[4], a.v[5]);
+  load_pair(row1 + 2 * t + 8, ok1, vec2, a.v[6], a.v[7]);
+  return a;
+}
+
+// B = Y^T for a row-major Y: B[k][n] = Y[n][k]; `row` points at columns k0.. of Y's row n = g.
+template <typename T>
+__device__ __forceinline__ FragB<T> load_b_rows(const T* row, bool ok, int t, bool vec2) {
+  FragB<T> b;
+  load_pair(row + 2 * t, ok, vec2, b.v[0], b.v[1]);
+  load_pair(row + 2 * t + 8, ok, vec2, b.v[2], b.v[3]);
+  return b;
+}
+
+// B = Y for a row-major Y whose rows are frames: B[k][n] = Y[k0 + k][n0 + n]. `col` points at
+// Y[k0][n0 + g]; `ok` bit i says whether row k0 + {2t, 2t+1, 2t+8, 2t+9}[i] may be read.
+template <typename T>
+__device__ __forceinline__ FragB<T> load_b_cols(const T* col, int64_t row_stride, unsigned ok, int t) {
+  FragB<T> b;
+  const int64_t r[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) b.v[i] = (ok >> i & 1u) ? col[r[i] * row_stride] : zero<T>();
+  return b;
+}
+
+// The A fragment of the 16 x 16 matrix whose columns 0-7 are C tile c0 and 8-15 are c1.
+template <typename T>
+__device__ __forceinline__ FragA<T> a_from_c(const float (&c0)[4], const float (&c1)[4]) {
+  FragA<T> a;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    a.v[i] = from_float<T>(c0[i]);
+    a.v[4 + i] = from_float<T>(c1[i]);
+  }
+  return a;
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pair_bits(const T* x) {
+  uint32_t r;
+  memcpy(&r, x, sizeof(r));
+  return r;
+}
+
+// c += A * B on one warp; every lane of the warp must call it together.
+__device__ __forceinline__ void mma(float (&c)[4], const FragA<__half>& a, const FragB<__half>& b) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(pair_bits(a.v)), "r"(pair_bits(a.v + 2)), "r"(pair_bits(a.v + 4)), "r"(pair_bits(a.v + 6)),
+        "r"(pair_bits(b.v)), "r"(pair_bits(b.v + 2)));
+}
+
+__device__ __forceinline__ void mma(float (&c)[4], const FragA<__nv_bfloat16>& a, const FragB<__nv_bfloat16>& b) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(pair_bits(a.v)), "r"(pair_bits(a.v + 2)), "r"(pair_bits(a.v + 4)), "r"(pair_bits(a.v + 6)),
+        "r"(pair_bits(b.v)), "r"(pair_bits(b.v + 2)));
+}
+
+// float32 has no m16n8k16 tensor-core form that keeps float32 accuracy, so the same product is
+// formed with FMAs: for each k, row g and g + 8 of A come from the quad that holds row g, and columns
+// 2t and 2t + 1 of B from the quads g' = 2t and 2t + 1 (see the layout at the top of this file).
+__device__ __forceinline__ void mma(float (&c)[4], const FragA<float>& a, const FragB<float>& b) {
+  const int lane = threadIdx.x & 31;
+  const int t = lane & 3;
+#pragma unroll
+  for (int k = 0; k < 16; ++k) {
+    const int owner = (k & 7) >> 1;  // t of the lanes holding column k of A and row k of B
+    const int ia = (k < 8 ? 0 : 4) + (k & 1);
+    const int ib = (k < 8 ? 0 : 2) + (k & 1);
+    const float a0 = __shfl_sync(0xffffffffu, a.v[ia], (lane & ~3) | owner);
+    const float a1 = __shfl_sync(0xffffffffu, a.v[ia + 2], (lane & ~3) | owner);
+    const float b0 = __shfl_sync(0xffffffffu, b.v[ib], (2 * t) * 4 + owner);
+    const float b1 = __shfl_sync(0xffffffffu, b.v[ib], (2 * t + 1) * 4 + owner);
+    c[0] = fmaf(a0, b0, c[0]);
+    c[1] = fmaf(a0, b1, c[1]);
+    c[2] = fmaf(a1, b0, c[2]);
+    c[3] = fmaf(a1, b1, c[3]);
+  }
+}
+
+// Reductions over the quad of lanes that shares a tile row.
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Stores C-fragment elements (r, 2t..2t+1) of a tile of 8 output columns.
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float x0, float x1) {
+  Pack<T, 2> pr;
+  pr.v[0] = from_float<T>(x0);
+  pr.v[1] = from_float<T>(x1);
+  *reinterpret_cast<Pack<T, 2>*>(dst) = pr;
+}
+
+}  // namespace attn
+}  // namespace aef
