@@ -161,7 +161,7 @@ def _embed_model(args, device):
 
 
 def cmd_embed(args) -> int:
-    from .embed import Tiling, embed_scene, merge_shards, parse_shard, shard_path
+    from .embed import Tiling, embed_scene, merge_shards, parse_shard
     from .geo import open_scene, parse_time
 
     progress = not args.no_progress

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -166,8 +165,7 @@ def _embed_tiles(model, scene: Scene, tiles: Sequence[tuple[int, int]], tiling: 
 
 def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] = None,
                 tiling: Tiling = Tiling(), dtype: str = "int8", batch: int = 4, device="cpu",
-                shard: tuple[int, int] = (0, 1), progress: bool = True,
-                on_tile: Optional[Callable[[int], None]] = None) -> Path:
+                shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path:
     """Embed ``scene`` with ``model`` into ``out`` (or, when sharded, into this shard's partial file).
 
     Returns the path written. ``period`` is [start, end) epoch ms (default: the calendar year of the
@@ -193,17 +191,18 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
                 AEF_TILING=f"tile={tiling.tile} buffer={tiling.buffer} trim={tiling.trim}")
     if count == 1:
         path, row0, row1 = out, 0, grid.height
-        ds = create_raster(out.with_name(out.name + ".partial"), grid, EMBED_DIM, dtype, _nodata(dtype),
-                           BAND_NAMES, tags)
+        partial = path.with_name(path.name + ".partial")
+        ds = create_raster(partial, grid, EMBED_DIM, dtype, _nodata(dtype), BAND_NAMES, tags)
     else:
         # A shard's partial covers its tile rows plus the overlaps it shares with its neighbours.
         path = shard_path(out, index, count)
+        partial = path.with_name(path.name + ".partial")
         row0 = max(rows.start * t - o, 0) if len(rows) else 0
         row1 = min(rows.stop * t + o, grid.height) if len(rows) else 0
         sub = Grid(max(row1 - row0, 1), grid.width, grid.crs, _shift_rows(grid.transform, row0))
-        ds = create_raster(path.with_name(path.name + ".partial"), sub, EMBED_DIM + 1, "float32", None,
-                           None, dict(tags, AEF_SHARD=f"{index}/{count}", AEF_ROW0=row0, AEF_ROWS=row1 - row0,
-                                       AEF_HEIGHT=grid.height, AEF_DTYPE=dtype))
+        ds = create_raster(partial, sub, EMBED_DIM + 1, "float32", None, None,
+                           dict(tags, AEF_SHARD=f"{index}/{count}", AEF_ROW0=row0, AEF_ROWS=row1 - row0,
+                                AEF_HEIGHT=grid.height, AEF_DTYPE=dtype))
     writer = _Writer(ds, row0, final=count == 1, dtype=dtype)
     ramp = tiling.ramp()
     weight = ramp[:, None] * ramp[None, :]
@@ -224,8 +223,6 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
                     acc[:, j * t:j * t + tiling.kept] += e * weight[..., None]
                     obs[:, j * t:j * t + tiling.kept] += s
                 bar.update(len(group))
-                if on_tile is not None:
-                    on_tile(len(group))
             last = i == rows.stop - 1
             # Rows from top to top + t are final (no later tile row reaches them); at the end of the
             # shard the carry rows are written too, as the partial's last rows.
@@ -235,12 +232,13 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
             obs = np.concatenate([obs[t:], np.zeros_like(obs[:t])])
     except BaseException:
         ds.close()
-        bar.close()
+        partial.unlink(missing_ok=True)
         raise
+    finally:
+        bar.close()
     ds.close()
-    bar.close()
     # Rename only when complete, so a crash never leaves an output that looks finished.
-    os.replace(path.with_name(path.name + ".partial"), path)
+    os.replace(partial, path)
     return path
 
 

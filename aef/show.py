@@ -7,6 +7,7 @@ resampling of each block), so showing a continent-sized field needs no more memo
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +31,10 @@ def read_embeddings(path, max_size: Optional[int] = 2048) -> tuple[np.ndarray, t
     if not path.is_file():
         raise SceneError(f"{path}: no such embedding raster")
     try:
-        ds = rasterio.open(path)
+        with warnings.catch_warnings():
+            # Embeddings of an .npz scene without georeferencing are legitimately ungeoreferenced.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
     except rasterio.errors.RasterioError as e:
         raise SceneError(f"{path}: not a readable raster ({e})") from None
     with ds:
@@ -111,8 +115,6 @@ def show(path, out, similarity_pixel: Optional[tuple[int, int]] = None, similari
          max_size: Optional[int] = 2048) -> list[Path]:
     """Write the PCA map of ``path`` to ``out`` and, given a (row, col) pixel of the full-resolution
     raster, its cosine-similarity map to ``similarity_out``. Returns the paths written."""
-    import warnings
-
     from rasterio.errors import NotGeoreferencedWarning
 
     emb, (height, width) = read_embeddings(path, max_size)

@@ -81,6 +81,33 @@ def timing_record(device: torch.device, policy: harness.TimingPolicy) -> dict:
     }
 
 
+class Inputs:
+    """Random inputs on one device and dtype (drawn on CPU from a seeded generator, so every device
+    gets the same values), in enough sets to rotate through more than twice the device's L2."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, seed: int):
+        self.device, self.dtype = device, dtype
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def randn(self, *shape, grad: bool = False) -> torch.Tensor:
+        x = torch.randn(*shape, generator=self.gen, dtype=torch.float32)
+        return x.to(self.device, self.dtype).requires_grad_(grad)
+
+    def mask(self, *shape, valid: float) -> torch.Tensor:
+        """A random bool mask, True (valid) with probability ``valid``."""
+        return (torch.rand(*shape, generator=self.gen) < valid).to(self.device)
+
+    def sets(self, make: Callable[[], tuple], grad_shapes: Optional[Sequence[tuple]] = None) -> tuple[list, list]:
+        """Input sets from ``make()`` and, with ``grad_shapes``, one tuple of output gradients per set."""
+        first = make()
+        elt = torch.tensor([], dtype=self.dtype).element_size()
+        per_set = harness.tensor_bytes(first) + sum(elt * torch.Size(s).numel() for s in grad_shapes or ())
+        n = harness.rotation_count(per_set, harness.cache_bytes(self.device.type, self.device.index or 0))
+        inputs = [first] + [make() for _ in range(n - 1)]
+        grads = [tuple(self.randn(*s) for s in grad_shapes) for _ in range(n)] if grad_shapes else []
+        return inputs, grads
+
+
 @dataclass
 class Case:
     """One thing to time: ``build(provider)`` returns one closure per input set (a full call each: the
@@ -94,8 +121,8 @@ class Case:
 
 
 def _release(device: torch.device) -> None:
-    gc.collect()
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
 
 

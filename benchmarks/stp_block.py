@@ -68,32 +68,17 @@ def _sizes(args, device: torch.device) -> dict:
     return sizes
 
 
-class Setup:
-    """Shapes, random inputs (several sets, for rotation) and output gradients of one run."""
+class Setup(runner.Inputs):
+    """The run's sizes and its source of random inputs."""
 
-    def __init__(self, cfg: AEFConfig, B: int, T: int, L: int, dtype, device, mask: bool, gen: torch.Generator,
+    def __init__(self, cfg: AEFConfig, B: int, T: int, L: int, dtype, device, mask: bool, seed: int,
                  compile_encoder: bool = True):
+        super().__init__(device, dtype, seed)
         self.cfg, self.B, self.T, self.L = cfg, B, T, L
-        self.dtype, self.device, self.mask, self.gen = dtype, device, mask, gen
-        self.compile_encoder = compile_encoder
-
-    def randn(self, *shape, grad=False, dtype=None):
-        x = torch.randn(*shape, generator=self.gen, device="cpu", dtype=torch.float32)
-        return x.to(self.device, dtype or self.dtype).requires_grad_(grad)
+        self.use_mask, self.compile_encoder = mask, compile_encoder
 
     def pixel_mask(self, side: int):
-        if not self.mask:
-            return None
-        return (torch.rand(self.B, self.T, side, side, generator=self.gen) < MASK_VALID).to(self.device)
-
-    def sets(self, make, grad_shapes=None) -> tuple[list, list]:
-        """Input sets from ``make()`` until their total exceeds twice the L2, and output gradients."""
-        first = make()
-        per_set = harness.tensor_bytes(first) + sum(4 * torch.Size(s).numel() for s in grad_shapes or ())
-        n = harness.rotation_count(per_set, harness.cache_bytes(self.device.type, self.device.index or 0))
-        inputs = [first] + [make() for _ in range(n - 1)]
-        grads = [tuple(self.randn(*s) for s in grad_shapes) for _ in range(n)] if grad_shapes else []
-        return inputs, grads
+        return self.mask(self.B, self.T, side, side, valid=MASK_VALID) if self.use_mask else None
 
 
 def module_case(section: str, shape: str, mode: str, module: torch.nn.Module, setup: Setup, make, out_shapes) -> Case:
@@ -182,7 +167,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     cfg = AEFConfig.from_preset(sizes["preset"])
     setup = Setup(cfg, sizes["batch"], sizes["frames"], sizes["size"], dtype, device, not args.no_mask,
-                  torch.Generator().manual_seed(args.seed), device.type == "cuda" or args.compile_encoder)
+                  args.seed, device.type == "cuda" or args.compile_encoder)
     shape = f"{sizes['preset']} B{setup.B} T{setup.T} L{setup.L}"
     policy = runner.policy_for(device, args.quick)
     print(f"{JOB}: {shape} {str(dtype).removeprefix('torch.')} on {device}", file=sys.stderr)

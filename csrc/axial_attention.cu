@@ -14,12 +14,18 @@ namespace aef {
 namespace attn {
 namespace {
 
-constexpr int kKeyBlock = 64;
+// Keys per block of the online softmax. 64 covers T <= 64 in one block; at d = 128 the output
+// accumulator alone takes 64 registers per lane, so blocks of 32 keep the kernel out of local memory.
+template <int D>
+__host__ __device__ constexpr int key_block() {
+  return D == 128 ? 32 : 64;
+}
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     axial_attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         T* __restrict__ o, float* __restrict__ lse, Problem p) {
+  constexpr int kKeyBlock = key_block<D>();
   constexpr int kTiles = kKeyBlock / 8;  // score tiles of 8 keys
   constexpr int kChunks = D / 16;        // k-steps over the head dim
   constexpr int kOutTiles = D / 8;

@@ -158,18 +158,26 @@ def collect_specs() -> list[AOTSpec]:
 
 
 def run_isolated(targets=TARGETS, timeout: float = 1800) -> list[AOTResult]:
-    """Compile every spec for ``targets`` in a child process without the Triton interpreter."""
+    """Compile every spec for ``targets`` in child processes without the Triton interpreter, one per
+    target, running side by side (compilation is single-threaded and CPU bound)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "aot.json")
-        cmd = [sys.executable, "-m", __name__, "--json", out, "--cc", *map(str, targets)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode:
-            raise RuntimeError(f"AOT compilation failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        with open(out) as f:
-            return [AOTResult(**r) for r in json.load(f)]
+        children = []
+        for cc in targets:
+            out = os.path.join(tmp, f"aot_{cc}.json")
+            cmd = [sys.executable, "-m", __name__, "--json", out, "--cc", str(cc)]
+            children.append((out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                   text=True)))
+        for out, child in children:
+            log, _ = child.communicate(timeout=timeout)
+            if child.returncode:
+                raise RuntimeError(f"AOT compilation failed (exit {child.returncode}):\n{log}")
+            with open(out) as f:
+                results += [AOTResult(**r) for r in json.load(f)]
+    return results
 
 
 def main(argv=None) -> None:

@@ -7,9 +7,9 @@ math, so neither the 65,535 limit of the other grid axes nor 2^31 elements bound
 
 Two paths, picked per call from (T, Tq):
 
-- **Single tile** (T <= 64 and Tq <= 64): a program takes ``seqs`` whole sequences and packs their
-  queries into one BLOCK_M x d tile and their keys into one BLOCK_N x d tile, so that ``tl.dot``
-  works on >= 16 x 16 tiles even for T = 3. Scores between different sequences are masked out (the
+- **Single tile** (T and Tq up to the tile size: 64 for 16-bit dtypes, 32 for float32): a program
+  takes ``seqs`` whole sequences and packs their queries into one BLOCK_M x d tile and their keys
+  into one BLOCK_N x d tile, so that ``tl.dot`` works on >= 16 x 16 tiles even for T = 3. Scores between different sequences are masked out (the
   block-diagonal costs FLOPs, but at these sizes the kernel is bound by memory, not by the tensor
   cores). The whole score tile lives in registers: a plain softmax, no online rescaling.
 - **Key loop** (otherwise): a program takes BLOCK_M queries of one sequence and loops over its keys
@@ -24,13 +24,16 @@ delta = rowsum(dO * O) in its own small kernel, then:
 
 Either way every gradient element has exactly one writer: no atomics, bitwise deterministic.
 
+The path is a runtime argument, so one compiled kernel per (dtype, head dim) serves both (the JIT
+still specialises the single-tile flag when it is 1); float32 inputs use tf32x3 dots, which keep
+float32 accuracy on the tensor cores.
+
 A query whose keys are all masked gets o = 0 and lse = +inf, so the recomputed probabilities in the
 backward are exp(s - inf) = 0 and its gradients vanish.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -51,7 +54,6 @@ HEAD_DIMS = (16, 32, 64, 128)
 # float32 operands are twice as large and split in three for tf32x3, so they get 32 x 32.
 TILES = {"fp32": 32, "fp16": 64, "bf16": 64}
 DELTA_ROWS = 32
-NUM_WARPS_FWD = 4
 # Sequence indices are split in int32 and sequences sit on grid axis 0 (at most 2^31 - 1 programs).
 MAX_SEQUENCES = 2**31 - 1
 LOG2E = 1.4426950408889634
@@ -103,6 +105,12 @@ def _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION:
     p = tl.where(valid, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _store_rows(ptr, rows, x, ok, dd, BLOCK_D: tl.constexpr):
+    """x into rows ``rows`` of a contiguous (..., BLOCK_D) tensor, where ``ok``."""
+    tl.store(ptr + (rows * BLOCK_D)[:, None] + dd[None, :], x.to(ptr.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit
@@ -175,7 +183,7 @@ def _attn_fwd_kernel(
     # Natural-log LSE; +inf for a query without keys makes its backward probabilities exactly 0.
     lse = tl.where(has_key, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))
     row = (b_r * Tq + r_t) * HWN + hwn_r
-    tl.store(o_ptr + (row * BLOCK_D)[:, None] + dd[None, :], o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    _store_rows(o_ptr, row, o, row_ok, dd, BLOCK_D)
     tl.store(lse_ptr + row, lse, mask=row_ok)
 
 
@@ -231,22 +239,23 @@ def _attn_bwd_kernel(
     if single:
         row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r,
                                                         seq_r_ok, r_t0, Tq, HWN, sqt, dd, BLOCK_D)
-        in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt, svt, smt, dd)
+        in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt,
+                                            svt, smt, dd)
         p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale, DOT_PRECISION)
         ds = ds.to(q.dtype)
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
         dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale
         dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * scale
         col = (b_c * T + c_t0) * HWN + hwn_c
-        tl.store(dq_ptr + (row * BLOCK_D)[:, None] + dd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None])
-        tl.store(dk_ptr + (col * BLOCK_D)[:, None] + dd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=in_range[:, None])
-        tl.store(dv_ptr + (col * BLOCK_D)[:, None] + dd[None, :], dv.to(dv_ptr.dtype.element_ty), mask=in_range[:, None])
+        _store_rows(dq_ptr, row, dq, row_ok, dd, BLOCK_D)
+        _store_rows(dk_ptr, col, dk, in_range, dd, BLOCK_D)
+        _store_rows(dv_ptr, col, dv, in_range, dd, BLOCK_D)
     elif phase == 0:
         # dk, dv of one key block at a time, summed over every query block of the sequence.
         for kstart in range(0, T, kcols):
             c_t = kstart + c_t0
-            in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t, T, skt, svt,
-                                      smt, dd)
+            in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t, T,
+                                                skt, svt, smt, dd)
             dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
             dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
             for qstart in range(0, Tq, qrows):
@@ -258,10 +267,8 @@ def _attn_bwd_kernel(
                 dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
             col = (b_c * T + c_t) * HWN + hwn_c
-            tl.store(dk_ptr + (col * BLOCK_D)[:, None] + dd[None, :], (dk * scale).to(dk_ptr.dtype.element_ty),
-                     mask=in_range[:, None])
-            tl.store(dv_ptr + (col * BLOCK_D)[:, None] + dd[None, :], dv.to(dv_ptr.dtype.element_ty),
-                     mask=in_range[:, None])
+            _store_rows(dk_ptr, col, dk * scale, in_range, dd, BLOCK_D)
+            _store_rows(dv_ptr, col, dv, in_range, dd, BLOCK_D)
     else:
         # dq of one query block at a time, summed over every key block of the sequence.
         for qstart in range(0, Tq, qrows):
@@ -269,13 +276,12 @@ def _attn_bwd_kernel(
                                                             seq_r_ok, qstart + r_t0, Tq, HWN, sqt, dd, BLOCK_D)
             dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
             for kstart in range(0, T, kcols):
-                _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, kstart + c_t0,
-                                          T, skt, svt, smt, dd)
+                _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok,
+                                             kstart + c_t0, T, skt, svt, smt, dd)
                 p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale,
                                            DOT_PRECISION)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-            tl.store(dq_ptr + (row * BLOCK_D)[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
-                     mask=row_ok[:, None])
+            _store_rows(dq_ptr, row, dq * scale, row_ok, dd, BLOCK_D)
 
 
 @dataclass(frozen=True)
@@ -302,9 +308,10 @@ def _blocks(t: str, d: int) -> dict:
     return {"BLOCK_M": TILES[t], "BLOCK_N": TILES[t], "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t]}
 
 
-def _num_warps_bwd(d: int) -> int:
-    # The backward holds three accumulators; at d = 128 they need twice the threads to stay in registers.
-    return 8 if d == 128 else 4
+def _num_warps(d: int) -> int:
+    # From the AOT register report: with 4 warps, d >= 64 spills (the backward from d = 32 on, a few
+    # dozen bytes there); 8 warps halve the per-thread share of the tiles.
+    return 8 if d >= 64 else 4
 
 
 def _mask_args(mask: Optional[torch.Tensor], q: torch.Tensor):
@@ -343,7 +350,7 @@ def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
     launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
            scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), **blocks,
-           num_warps=NUM_WARPS_FWD)
+           num_warps=_num_warps(d))
     return o, lse
 
 
@@ -370,7 +377,7 @@ def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     groups = triton.cdiv(S, cfg.seqs)
     launch(_attn_bwd_kernel, (groups if cfg.single else 2 * groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
            *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, int(cfg.single),
-           **blocks, num_warps=_num_warps_bwd(d))
+           **blocks, num_warps=_num_warps(d))
     return dq, dk, dv
 
 
@@ -418,9 +425,9 @@ def aot_specs() -> list[AOTSpec]:
             blocks = _blocks(t, d)
             specs += [
                 make_spec(f"attention_fwd_{t}_d{d}", _attn_fwd_kernel, {**io, "o_ptr": f"*{t}"}, blocks,
-                          floats=("qk_scale",), num_warps=NUM_WARPS_FWD),
+                          floats=("qk_scale",), num_warps=_num_warps(d)),
                 make_spec(f"attention_bwd_{t}_d{d}", _attn_bwd_kernel, {**io, **grads}, blocks, floats=("scale",),
-                          num_warps=_num_warps_bwd(d)),
+                          num_warps=_num_warps(d)),
                 make_spec(f"attention_bwd_delta_{t}_d{d}", _attn_bwd_delta_kernel,
                           {"o_ptr": f"*{t}", "do_ptr": f"*{t}", "delta_ptr": "*fp32"},
                           {"BLOCK_R": DELTA_ROWS, "BLOCK_D": d}),

@@ -138,12 +138,18 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Pixel indices fit in int32 (M < 2^31, checked by the dispatcher); element offsets may not, so
+    # each block's base pointers are formed in int64 once and the per-element offsets stay int32,
+    # which keeps the [BLOCK_M, BLOCK_K] address math (the register-heaviest part) 32-bit.
+    m0 = pid_m * BLOCK_M
+    loc = tl.arange(0, BLOCK_M)
+    offs_m = m0 + loc
     m_ok = offs_m < M
     w_idx = offs_m % W
     t = offs_m // W
     h_idx = t % H
     n_idx = t // H
+    a_blk = a_ptr + m0.to(tl.int64) * CIN
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < COUT
     offs_k = tl.arange(0, BLOCK_K)
@@ -159,24 +165,25 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
         hh = h_idx + dy
         ww = w_idx + dx
         ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        a = _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, offs_m + dy * W + dx, n_idx,
+        a = _load_input_tile(a_blk, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, loc + dy * W + dx, n_idx,
                              ok, cc, c_ok, CIN, G, CG, NORM_IN, ONE_FRAME, dot_ty)
         b = tl.load(w_ptr + (tap * CIN + cc)[:, None] * COUT + offs_n[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
-    off = offs_m[:, None] * COUT + offs_n[None, :]
+    blk = m0.to(tl.int64) * COUT
+    off = loc[:, None] * COUT + offs_n[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if EPILOGUE == 1:
         if STORE_PRE:
-            tl.store(pre_ptr + off, acc.to(pre_ptr.dtype.element_ty), mask=mask)
+            tl.store(pre_ptr + blk + off, acc.to(pre_ptr.dtype.element_ty), mask=mask)
         acc = _gelu(acc)
     if EPILOGUE == 2:
-        acc *= _gelu_grad(tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32))
+        acc *= _gelu_grad(tl.load(z_ptr + blk + off, mask=mask, other=0.0).to(tl.float32))
     if HAS_RES:
-        acc += tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        acc += tl.load(res_ptr + blk + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + blk + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -198,9 +205,10 @@ def _conv3x3_wgrad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr
     dot_ty = dy_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
     db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    m_start = pid_s.to(tl.int64) * CHUNK
-    for m0 in range(0, CHUNK, BLOCK_M):
-        offs_m = m_start + m0 + tl.arange(0, BLOCK_M)
+    loc = tl.arange(0, BLOCK_M)
+    for i in range(0, CHUNK, BLOCK_M):
+        m0 = pid_s * CHUNK + i
+        offs_m = m0 + loc
         m_ok = offs_m < M
         w_idx = offs_m % W
         t = offs_m // W
@@ -209,10 +217,10 @@ def _conv3x3_wgrad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr
         hh = h_idx + dy
         ww = w_idx + dx
         ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        a = _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, offs_m + dy * W + dx, n_idx,
-                             ok, cc, c_ok, CIN, G, CG, NORM_IN, ONE_FRAME, dot_ty)
-        g = tl.load(dy_ptr + offs_m[:, None] * COUT + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
-                    other=0.0)
+        a = _load_input_tile(a_ptr + m0.to(tl.int64) * CIN, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr,
+                             loc + dy * W + dx, n_idx, ok, cc, c_ok, CIN, G, CG, NORM_IN, ONE_FRAME, dot_ty)
+        g = tl.load(dy_ptr + m0.to(tl.int64) * COUT + loc[:, None] * COUT + offs_co[None, :],
+                    mask=m_ok[:, None] & co_ok[None, :], other=0.0)
         acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
         db += tl.sum(g.to(tl.float32), axis=0)
     part = pid_s.to(tl.int64) * 9 * CIN * COUT
@@ -291,13 +299,13 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# 8 warps throughout: with 4, the [BLOCK_M, BLOCK_K] input tile (its 64-bit addresses and, for conv1,
-# the normalisation) no longer fits in 255 registers and spills (seen in the AOT reports). float32
-# uses half-height tiles: its operands are twice as wide and "ieee" products run on the FMA units.
+# 64-row tiles and 8 warps: with 128 rows (or 4 warps) the gathered [BLOCK_M, BLOCK_K] input tile,
+# its addresses and conv1's normalisation push the conv kernels past 255 registers into spills
+# (AOT reports for sm_80/sm_90); at 64 rows they need ~190 and do not spill.
 
 def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=128 if wide else 64, BLOCK_N=_tile(cout, 16, 128), BLOCK_K=_tile(cin, 16, 64 if wide else 32),
+    return dict(BLOCK_M=64, BLOCK_N=_tile(cout, 16, 128), BLOCK_K=_tile(cin, 16, 64 if wide else 32),
                 num_warps=8, num_stages=3 if wide else 2)
 
 

@@ -39,8 +39,9 @@ def grads(outputs, inputs, seed=1):
 
 
 # (N, H, W, C, groups): odd and non-square sizes down to 1x1, channel counts that are not powers of
-# two; 2x7x7 spans several 32-pixel blocks, so the weight gradient reduces more than one partial.
-SHAPES = [(1, 1, 1, 16, 8), (2, 3, 5, 24, 12), (2, 7, 7, 16, 8), (1, 2, 3, 96, 32)]
+# two; 2x7x7 spans several 32-pixel blocks, so the weight gradient reduces more than one partial;
+# 8x8 frames fill whole 64-row blocks, the one-frame-per-block path of the normalising loads.
+SHAPES = [(1, 1, 1, 16, 8), (2, 3, 5, 24, 12), (2, 7, 7, 16, 8), (1, 2, 3, 96, 32), (2, 8, 8, 16, 8)]
 
 
 @pytest.mark.parametrize("N,H,W,C,G", SHAPES)
@@ -51,6 +52,18 @@ def test_precision_operator_matches_reference(N, H, W, C, G):
     y = K.precision_operator(x, *params, G, backend="triton")
     y_ref = ref.precision_operator(x, *params, G, 1e-5)
     torch.testing.assert_close(y, y_ref, **TOL)
+    for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_weight_gradient_split_with_tail(monkeypatch):
+    """Weight gradients reduced over several pixel ranges, the last running past the final frame,
+    equal the reference's (5 frames of 4x8 = five 32-pixel blocks, split in two ranges of three)."""
+    monkeypatch.setattr(tri, "_WGRAD_PROGRAMS", 18)
+    x, params = make_inputs(5, 4, 8, 16)
+    inputs = [x] + params
+    y = K.precision_operator(x, *params, 8, backend="triton")
+    y_ref = ref.precision_operator(x, *params, 8, 1e-5)
     for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
         torch.testing.assert_close(got, want, **TOL)
 

@@ -1,0 +1,269 @@
+// Axial time attention backward, deterministic: every element of dq, dk and dv has exactly one
+// writer and is summed in a fixed order, so two runs agree bit for bit (no atomics).
+//
+// Three launches on the caller's stream:
+//   1. delta[i] = rowsum(dO[i] * O[i]) over the contiguous output rows;
+//   2. the dq pass: a warp owns 16 queries of a sequence and walks its keys, recomputing
+//      P = exp2(scale * log2(e) * q k^T - lse2) and dS = P * (dO v^T - delta), and accumulates dq = scale * dS k;
+//   3. the dk/dv pass: a warp owns 16 keys of a sequence and walks its queries, forming the same
+//      tiles transposed, and accumulates dv = P^T dO and dk = scale * dS^T q.
+// Passes 2 and 3 are one kernel template: with rows R and columns C, both compute R1 C1^T and
+// R2 C2^T, and both accumulate dS C1; only the roles of (q, dO) and (k, v) swap, and the dk/dv pass
+// also accumulates P C2. Padding keys are never read, and their dk, dv are written as 0.
+#include "axial_attention.cuh"
+#include "launchers.h"
+
+namespace aef {
+namespace attn {
+namespace {
+
+constexpr int kDeltaLanes = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    axial_attention_bwd_delta(const T* __restrict__ o, const T* __restrict__ dout, float* __restrict__ delta,
+                              int64_t rows, int D) {
+  constexpr int kRowsPerBlock = kThreads / kDeltaLanes;
+  const int lane = threadIdx.x % kDeltaLanes;
+  // The loop bound is uniform over the block, so every lane reaches the shuffles in group_sum.
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock; base < rows;
+       base += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const int64_t row = base + threadIdx.x / kDeltaLanes;
+    float acc = 0.f;
+    if (row < rows) {
+      for (int c = 2 * lane; c < D; c += 2 * kDeltaLanes) {
+        const Pack<T, 2> a = *reinterpret_cast<const Pack<T, 2>*>(o + row * D + c);
+        const Pack<T, 2> b = *reinterpret_cast<const Pack<T, 2>*>(dout + row * D + c);
+        acc = fmaf(to_float(a.v[0]), to_float(b.v[0]), acc);
+        acc = fmaf(to_float(a.v[1]), to_float(b.v[1]), acc);
+      }
+    }
+    acc = group_sum<kDeltaLanes>(acc);
+    if (row < rows && lane == 0) delta[row] = acc;
+  }
+}
+
+// Columns per block: the dk/dv pass holds two D-wide accumulators, so it takes narrower blocks.
+template <int D, bool KEY_ROWS>
+__host__ __device__ constexpr int col_block() {
+  if (KEY_ROWS) return D >= 128 ? 16 : (D == 64 ? 32 : 64);
+  return D >= 128 ? 32 : 64;
+}
+
+// acc[j] += R[x0 + {0..7, 8..15}] C[cb + 8j + {0..7}]^T over the head dim, for the rows x0 and
+// x0 + 8 of lanes g and the column tiles j that start before n_cols (bit j of cread: column
+// cb + 8j + g may be read). One operand pair in flight at a time keeps the register footprint small.
+template <typename T, int kTiles, int kChunks>
+__device__ __forceinline__ void product_rows_by_cols(float (&acc)[kTiles][4], const T* rows, int64_t row_stride,
+                                                     const T* cols, int64_t col_stride, int64_t x0, bool ok0, bool ok1,
+                                                     int64_t cb, int64_t n_cols, unsigned cread, bool vec2) {
+  const int t = threadIdx.x & 3;
+  const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const FragA<T> a = load_a(rows + x0 * row_stride + c * 16, rows + (x0 + 8) * row_stride + c * 16, ok0, ok1, t, vec2);
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      if (cb + j * 8 >= n_cols) continue;  // warp-uniform: such tiles get probability 0
+      mma(acc[j], a, load_b_rows(cols + (cb + j * 8 + g) * col_stride + c * 16, cread >> j & 1u, t, vec2));
+    }
+  }
+}
+
+// KEY_ROWS = false: rows are queries, out1 = dq. KEY_ROWS = true: rows are keys, out1 = dk, out2 = dv.
+template <typename T, int D, bool KEY_ROWS>
+__global__ void __launch_bounds__(kThreads, 1)
+    axial_attention_bwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                        const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                        T* __restrict__ out1, T* __restrict__ out2, Problem p) {
+  constexpr int kCols = col_block<D, KEY_ROWS>();
+  constexpr int kTiles = kCols / 8;
+  constexpr int kChunks = D / 16;
+  constexpr int kOutTiles = D / 8;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int64_t HWN = p.HWN;
+  const int64_t dout_t = HWN * D;  // time stride of the contiguous dO
+  const int64_t n_rows = KEY_ROWS ? p.T : p.Tq;
+  const int64_t n_cols = KEY_ROWS ? p.Tq : p.T;
+
+  for (uint32_t s = first_sequence(); s < p.S; s += sequence_stride()) {
+    const Seq sq = split_sequence(s, p);
+    const T* qs = q + base_offset(p.q, sq);
+    const T* ks = k + base_offset(p.k, sq);
+    const T* vs = v + base_offset(p.v, sq);
+    const int64_t first_row = contiguous_row(sq, p.Tq, 0, HWN);  // query frame 0 in dO, lse, delta
+    const T* dos = dout + first_row * D;
+    const float* lses = lse + first_row;
+    const float* deltas = delta + first_row;
+    const uint8_t* ms = p.mask ? p.mask + (sq.b * p.m.b + sq.h * p.m.h + sq.w * p.m.w) : nullptr;
+
+    // R1 C1^T are the (transposed) scores, R2 C2^T the (transposed) dP.
+    const T* r1 = KEY_ROWS ? ks : qs;
+    const T* r2 = KEY_ROWS ? vs : dos;
+    const T* c1 = KEY_ROWS ? qs : ks;
+    const T* c2 = KEY_ROWS ? dos : vs;
+    const int64_t r1t = KEY_ROWS ? p.k.t : p.q.t;
+    const int64_t r2t = KEY_ROWS ? p.v.t : dout_t;
+    const int64_t c1t = KEY_ROWS ? p.q.t : p.k.t;
+    const int64_t c2t = KEY_ROWS ? dout_t : p.v.t;
+    // Rows and columns that may be read: queries in range, keys in range and not padding.
+    const auto row_ok = [&](int64_t x) { return KEY_ROWS ? key_valid(p, ms, x) : x < p.Tq; };
+    const auto col_ok = [&](int64_t y) { return KEY_ROWS ? y < p.Tq : key_valid(p, ms, y); };
+
+    const int64_t x0 = static_cast<int64_t>(blockIdx.y) * kTileRows + g;  // frames of tile rows g, g + 8
+    const int64_t x1 = x0 + 8;
+    const bool ok0 = row_ok(x0), ok1 = row_ok(x1);
+    // Query rows carry their lse2 and delta; in the dk/dv pass they belong to the columns instead.
+    // lse2 = +inf for an absent row makes its probabilities exp2(-inf) = 0.
+    float lse_r[2] = {INFINITY, INFINITY}, delta_r[2] = {0.f, 0.f};
+    if constexpr (!KEY_ROWS) {
+      if (ok0) lse_r[0] = lses[x0 * HWN], delta_r[0] = deltas[x0 * HWN];
+      if (ok1) lse_r[1] = lses[x1 * HWN], delta_r[1] = deltas[x1 * HWN];
+    }
+
+    float acc1[kOutTiles][4];
+    float acc2[KEY_ROWS ? kOutTiles : 1][4];
+#pragma unroll
+    for (int i = 0; i < kOutTiles; ++i) acc1[i][0] = acc1[i][1] = acc1[i][2] = acc1[i][3] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (KEY_ROWS ? kOutTiles : 1); ++i) acc2[i][0] = acc2[i][1] = acc2[i][2] = acc2[i][3] = 0.f;
+
+    for (int64_t cb = 0; cb < n_cols; cb += kCols) {
+      // Bit j: column cb + 8j + g, whose C1 and C2 rows this lane loads for tile j, may be read.
+      unsigned cread = 0;
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) cread |= unsigned(col_ok(cb + j * 8 + g)) << j;
+      float sc[kTiles][4], dp[kTiles][4];
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) sc[j][i] = dp[j][i] = 0.f;
+      product_rows_by_cols<T, kTiles, kChunks>(sc, r1, r1t, c1, c1t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
+      product_rows_by_cols<T, kTiles, kChunks>(dp, r2, r2t, c2, c2t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
+
+      // Bit 2j + e: this lane's column cb + 8j + 2t + e may be read (and, for keys, attended to).
+      unsigned live = 0;
+      float lse_c[KEY_ROWS ? kTiles : 1][2], delta_c[KEY_ROWS ? kTiles : 1][2];
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t y = cb + j * 8 + 2 * t + e;
+          const bool ok = col_ok(y);
+          live |= unsigned(ok) << (2 * j + e);
+          if constexpr (KEY_ROWS) {
+            lse_c[j][e] = ok ? lses[y * HWN] : INFINITY;
+            delta_c[j][e] = ok ? deltas[y * HWN] : 0.f;
+          }
+        }
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = i >> 1, e = i & 1;
+          const bool on = (r == 0 ? ok0 : ok1) && (live >> (2 * j + e) & 1u);
+          float l2 = lse_r[r], dl = delta_r[r];
+          if constexpr (KEY_ROWS) l2 = lse_c[j][e], dl = delta_c[j][e];
+          const float pr = on ? exp2f(fmaf(sc[j][i], p.scale_log2, -l2)) : 0.f;
+          // Selected, not multiplied, so that a non-finite dP of an unused entry cannot leak in.
+          dp[j][i] = on ? pr * (dp[j][i] - dl) : 0.f;
+          sc[j][i] = pr;
+        }
+
+#pragma unroll
+      for (int c = 0; c < kTiles / 2; ++c) {
+        if (cb + c * 16 >= n_cols) continue;  // warp-uniform; P and dS are 0 there
+        // Rows 2t, 2t+1, 2t+8, 2t+9 of this 16-column slice are columns (2c, e) and (2c+1, e).
+        const unsigned rows = ((live >> (4 * c)) & 3u) | (((live >> (4 * c + 2)) & 3u) << 2);
+        const int64_t y0 = cb + c * 16;
+        const FragA<T> da = a_from_c<T>(dp[2 * c], dp[2 * c + 1]);
+#pragma unroll
+        for (int i = 0; i < kOutTiles; ++i) mma(acc1[i], da, load_b_cols(c1 + y0 * c1t + i * 8 + g, c1t, rows, t));
+        if constexpr (KEY_ROWS) {
+          const FragA<T> pa = a_from_c<T>(sc[2 * c], sc[2 * c + 1]);
+#pragma unroll
+          for (int i = 0; i < kOutTiles; ++i)
+            mma(acc2[i], pa, load_b_cols(c2 + y0 * c2t + i * 8 + g, c2t, rows, t));
+        }
+      }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t x = r == 0 ? x0 : x1;
+      if (x >= n_rows) continue;
+      const int64_t row = contiguous_row(sq, n_rows, x, HWN);
+      T* d1 = out1 + row * D + 2 * t;
+#pragma unroll
+      for (int i = 0; i < kOutTiles; ++i) store_pair(d1 + i * 8, acc1[i][2 * r] * p.scale, acc1[i][2 * r + 1] * p.scale);
+      if constexpr (KEY_ROWS) {
+        T* d2 = out2 + row * D + 2 * t;
+#pragma unroll
+        for (int i = 0; i < kOutTiles; ++i) store_pair(d2 + i * 8, acc2[i][2 * r], acc2[i][2 * r + 1]);
+      }
+    }
+  }
+}
+
+struct BwdPointers {
+  uintptr_t grad, q, k, v, o, lse, delta, dq, dk, dv;
+};
+
+template <typename T, int D>
+cudaError_t launch_bwd(const BwdPointers& a, const Problem& p, cudaStream_t stream) {
+  const auto* q = reinterpret_cast<const T*>(a.q);
+  const auto* k = reinterpret_cast<const T*>(a.k);
+  const auto* v = reinterpret_cast<const T*>(a.v);
+  const auto* dout = reinterpret_cast<const T*>(a.grad);
+  const auto* lse = reinterpret_cast<const float*>(a.lse);
+  const auto* delta = reinterpret_cast<const float*>(a.delta);
+  const unsigned seq_blocks = grid_for_rows(p.S, kWarps).x;
+  axial_attention_bwd<T, D, false><<<dim3(seq_blocks, static_cast<unsigned>(row_tiles(p.Tq))), kThreads, 0, stream>>>(
+      q, k, v, dout, lse, delta, reinterpret_cast<T*>(a.dq), nullptr, p);
+  if (const cudaError_t err = cudaGetLastError()) return err;
+  axial_attention_bwd<T, D, true><<<dim3(seq_blocks, static_cast<unsigned>(row_tiles(p.T))), kThreads, 0, stream>>>(
+      q, k, v, dout, lse, delta, reinterpret_cast<T*>(a.dk), reinterpret_cast<T*>(a.dv), p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_bwd_typed(const BwdPointers& a, const Problem& p, int64_t d, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.S) * p.Tq;
+  axial_attention_bwd_delta<T><<<grid_for_rows(rows, kThreads / kDeltaLanes), kThreads, 0, stream>>>(
+      reinterpret_cast<const T*>(a.o), reinterpret_cast<const T*>(a.grad), reinterpret_cast<float*>(a.delta), rows,
+      static_cast<int>(d));
+  if (const cudaError_t err = cudaGetLastError()) return err;
+  switch (d) {
+    case 16: return launch_bwd<T, 16>(a, p, stream);
+    case 32: return launch_bwd<T, 32>(a, p, stream);
+    case 64: return launch_bwd<T, 64>(a, p, stream);
+    default: return launch_bwd<T, 128>(a, p, stream);
+  }
+}
+
+}  // namespace
+}  // namespace attn
+
+int launch_axial_attention_bwd(uintptr_t grad, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse,
+                               uintptr_t mask, uintptr_t delta, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+                               const std::vector<int64_t>& sizes, const std::vector<int64_t>& q_strides,
+                               const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides,
+                               const std::vector<int64_t>& mask_strides, double scale, int dtype, uintptr_t stream) {
+  if (const int status = attn::check_args({grad, q, k, v, o, lse, delta, dq, dk, dv}, sizes, q_strides, k_strides,
+                                          v_strides, mask_strides, dtype))
+    return status;
+  const attn::BwdPointers a{grad, q, k, v, o, lse, delta, dq, dk, dv};
+  const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
+                                    dtype == kFloat32 ? 4 : 2);
+  const int64_t d = sizes[6];
+  const cudaStream_t s = as_stream(stream);
+  switch (dtype) {
+    case kFloat32: return attn::launch_bwd_typed<float>(a, p, d, s);
+    case kFloat16: return attn::launch_bwd_typed<__half>(a, p, d, s);
+    default: return attn::launch_bwd_typed<__nv_bfloat16>(a, p, d, s);
+  }
+}
+
+}  // namespace aef
