@@ -118,13 +118,16 @@ def resolve(path) -> Path:
     return path
 
 
-def load_model(path, device="cpu"):
+def load_model(path, device="cpu", backend: Optional[str] = "auto"):
     """Load an :class:`aef.models.AEF` from a checkpoint, with clear errors for missing or corrupt files."""
+    from aef_kernels import dispatch
+
     from .models import AEF
 
+    dispatch.requested_backend(backend)  # a bad name is the caller's error, not a damaged checkpoint
     folder = resolve(path)
     try:
-        model = AEF.from_pretrained(folder)
+        model = AEF.from_pretrained(folder, backend=backend)
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder}: incomplete checkpoint, {Path(e.filename or str(e)).name} is missing") from None
     except Exception as e:  # noqa: BLE001 - any failure to parse stored files means a damaged checkpoint

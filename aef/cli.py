@@ -149,7 +149,7 @@ def _embed_model(args, device):
     from .models import AEF
 
     if args.checkpoint is not None:
-        model = load_model(args.checkpoint, device)
+        model = load_model(args.checkpoint, device, args.backend)
     elif args.preset is not None:
         print(f"aef embed: no --checkpoint, using preset {args.preset!r} with random weights (seed "
               f"{args.seed}); the embeddings carry no meaning", file=sys.stderr)

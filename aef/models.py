@@ -25,6 +25,7 @@ from .config import AEFConfig
 from .encoder import STPEncoder
 from .heads import DepthToSpaceUpsample, ImplicitDecoder, TextAdapter, VMFMeanHead, sample_vmf
 from .inputs import PeriodsLike, prepare_inputs, prepare_periods
+from .objective import pretraining_step
 from .projectors import SourceProjectors
 from .summarizer import Summarizer
 from .timecode import check_epoch_ms, fraction_code, period_timecode, position_in_period, timecode
@@ -154,8 +155,6 @@ class AEF(nn.Module):
         """
         if not (self.training and targets is not None):
             return {"embeddings": self._embeddings(self.encode(source_data, timestamps, masks), valid_periods)}
-        from .objective import pretraining_step
-
         return pretraining_step(self, source_data, timestamps, valid_periods, masks, targets, metadata, text,
                                 generator)
 

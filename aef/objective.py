@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import aef_kernels as K
 
+from .inputs import prepare_inputs, prepare_periods
 from .sources import Source
 from .timecode import MS_PER_DAY
 
@@ -230,8 +231,6 @@ def pretraining_step(model, source_data, timestamps, valid_periods, masks=None, 
     (static shapes, larger GEMMs). The teacher's mu is the consistency target (no gradient through
     it in that term); the teacher is trained by reconstruction, uniformity and CLIP.
     """
-    from .inputs import prepare_inputs, prepare_periods
-
     cfg = model.config
     inputs = prepare_inputs(source_data, timestamps, masks, model.input_specs, known=tuple(model.decode_specs))
     B, L = inputs.batch_size, inputs.side

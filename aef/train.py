@@ -272,7 +272,7 @@ def _train(args, d: Dist) -> Optional[dict]:
         if changed:
             raise ValueError(f"--resume: {resume_from} belongs to a run with other settings: " + ", ".join(
                 f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
-        model = ckpt.load_model(resume_from, d.device)
+        model = ckpt.load_model(resume_from, d.device, args.backend)
         start = int(state["step"])
     else:
         model = AEF(args.preset or "small", backend=args.backend, **args.override).to(d.device)

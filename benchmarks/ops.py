@@ -22,7 +22,7 @@ import torch
 import aef_kernels as K
 from aef.config import AEFConfig
 from benchmarks import floors, harness, peers, record, runner
-from benchmarks.providers import MODEL_PROVIDERS, under_provider
+from benchmarks.providers import COMPILE, MODEL_PROVIDERS, Skipped, under_provider
 from benchmarks.runner import FWD, FWD_BWD, Case
 
 JOB = "ops"
@@ -65,8 +65,8 @@ def _peer_attention(provider):
 class OpCases:
     """Builds the cases of every family from one source of random inputs."""
 
-    def __init__(self, inputs: runner.Inputs, sweep: dict):
-        self.inp, self.sweep = inputs, sweep
+    def __init__(self, inputs: runner.Inputs, sweep: dict, skip_compile: bool = False):
+        self.inp, self.sweep, self.skip_compile = inputs, sweep, skip_compile
         self.elt = torch.tensor([], dtype=inputs.dtype).element_size()
 
     def _case(self, section, shape, fn, make, out_shapes, params, cost_of, fn_for=None) -> list[Case]:
@@ -80,6 +80,8 @@ class OpCases:
             sets, grads = self.inp.sets(lambda: make(grad), out_shapes if grad else None)
 
             def build(provider, sets=sets, grads=grads, grad=grad, ps=tuple(params)):
+                if provider == COMPILE and self.skip_compile:
+                    raise Skipped("compiling every op case takes many minutes on CPU; --providers ...,compile times it")
                 call = fn_for(provider) if fn_for else None
                 if call is None:
                     call = under_provider(provider, fn, self.inp.device)
@@ -210,7 +212,8 @@ def main(argv=None) -> int:
     print(f"{JOB}: {'small' if quick_sweep else 'full'} sweep, {str(dtype).removeprefix('torch.')} on {device}; "
           "measuring ceilings", file=sys.stderr)
     ceilings = harness.measure_ceilings(device, dtype, quick=args.quick)
-    maker = OpCases(runner.Inputs(device, dtype, args.seed), SWEEPS[quick_sweep])
+    maker = OpCases(runner.Inputs(device, dtype, args.seed), SWEEPS[quick_sweep],
+                    skip_compile=device.type == "cpu" and not args.providers)
     rows = []
     for family in families:
         for case in getattr(maker, family)():

@@ -90,7 +90,7 @@ class Inputs:
         self.gen = torch.Generator().manual_seed(seed)
 
     def randn(self, *shape, grad: bool = False) -> torch.Tensor:
-        x = torch.randn(*shape, generator=self.gen, dtype=torch.float32)
+        x = torch.randn(shape, generator=self.gen, dtype=torch.float32)
         return x.to(self.device, self.dtype).requires_grad_(grad)
 
     def mask(self, *shape, valid: float) -> torch.Tensor:

@@ -1,9 +1,9 @@
 // Axial time attention forward: o = softmax(scale * q k^T, masked) v per sequence (one pixel and
 // head), reading q, k, v in place from their (B, T, H, W, heads, d) strides.
 //
-// A warp owns 16 queries of one sequence and walks the keys in blocks of 64 with the online softmax;
-// for T <= 64 that is a single block, so the whole 16 x T score tile stays in registers and is
-// normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
+// A warp owns 16 queries of one sequence and walks the keys in blocks of 64 (32 at d = 128) with the
+// online softmax; for T <= 64 (d <= 64) that is a single block, so the whole 16 x T score tile stays
+// in registers and is normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
 // lse2 = log2(sum_j exp2(scale * log2(e) * q.k_j)), so the backward recomputes the probabilities as
 // exp2(scale * log2(e) * q.k - lse2) with no change of base. A query with no valid key gets o = 0
 // and lse2 = +inf, which makes every recomputed probability exactly 0.

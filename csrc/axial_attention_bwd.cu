@@ -10,6 +10,8 @@
 // Passes 2 and 3 are one kernel template: with rows R and columns C, both compute R1 C1^T and
 // R2 C2^T, and both accumulate dS C1; only the roles of (q, dO) and (k, v) swap, and the dk/dv pass
 // also accumulates P C2. Padding keys are never read, and their dk, dv are written as 0.
+#include <type_traits>
+
 #include "axial_attention.cuh"
 #include "launchers.h"
 
@@ -43,10 +45,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Columns per block: the dk/dv pass holds two D-wide accumulators, so it takes narrower blocks.
-template <int D, bool KEY_ROWS>
+// What a pass of the backward kernel produces. The dk/dv pass is split in two only for float32 at
+// d = 128, where its two 128-wide accumulators and the emulated products do not fit in registers.
+enum Pass : int { kPassDq, kPassDkDv, kPassDk, kPassDv };
+
+// Columns per block: key-row passes hold up to two D-wide accumulators, so they take narrower blocks.
+template <int D, int PASS>
 __host__ __device__ constexpr int col_block() {
-  if (KEY_ROWS) return D >= 128 ? 16 : (D == 64 ? 32 : 64);
+  if (PASS != kPassDq) return D >= 128 ? 16 : (D == 64 ? 32 : 64);
   return D >= 128 ? 32 : 64;
 }
 
@@ -70,13 +76,17 @@ __device__ __forceinline__ void product_rows_by_cols(float (&acc)[kTiles][4], co
   }
 }
 
-// KEY_ROWS = false: rows are queries, out1 = dq. KEY_ROWS = true: rows are keys, out1 = dk, out2 = dv.
-template <typename T, int D, bool KEY_ROWS>
+// kPassDq: rows are queries, out1 = dq. Otherwise rows are keys, out1 = dk and out2 = dv (as the pass
+// says).
+template <typename T, int D, int PASS>
 __global__ void __launch_bounds__(kThreads, 1)
     axial_attention_bwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
                         T* __restrict__ out1, T* __restrict__ out2, Problem p) {
-  constexpr int kCols = col_block<D, KEY_ROWS>();
+  constexpr bool KEY_ROWS = PASS != kPassDq;
+  constexpr bool kWantDs = PASS != kPassDv;  // out1 += dS C1
+  constexpr bool kWantP = PASS == kPassDkDv || PASS == kPassDv;  // out2 += P C2
+  constexpr int kCols = col_block<D, PASS>();
   constexpr int kTiles = kCols / 8;
   constexpr int kChunks = D / 16;
   constexpr int kOutTiles = D / 8;
@@ -123,12 +133,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (ok1) lse_r[1] = lses[x1 * HWN], delta_r[1] = deltas[x1 * HWN];
     }
 
-    float acc1[kOutTiles][4];
-    float acc2[KEY_ROWS ? kOutTiles : 1][4];
+    constexpr int kAcc1 = kWantDs ? kOutTiles : 1;
+    constexpr int kAcc2 = kWantP ? kOutTiles : 1;
+    float acc1[kAcc1][4], acc2[kAcc2][4];
 #pragma unroll
-    for (int i = 0; i < kOutTiles; ++i) acc1[i][0] = acc1[i][1] = acc1[i][2] = acc1[i][3] = 0.f;
+    for (int i = 0; i < kAcc1; ++i) acc1[i][0] = acc1[i][1] = acc1[i][2] = acc1[i][3] = 0.f;
 #pragma unroll
-    for (int i = 0; i < (KEY_ROWS ? kOutTiles : 1); ++i) acc2[i][0] = acc2[i][1] = acc2[i][2] = acc2[i][3] = 0.f;
+    for (int i = 0; i < kAcc2; ++i) acc2[i][0] = acc2[i][1] = acc2[i][2] = acc2[i][3] = 0.f;
 
     for (int64_t cb = 0; cb < n_cols; cb += kCols) {
       // Bit j: column cb + 8j + g, whose C1 and C2 rows this lane loads for tile j, may be read.
@@ -141,7 +152,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 4; ++i) sc[j][i] = dp[j][i] = 0.f;
       product_rows_by_cols<T, kTiles, kChunks>(sc, r1, r1t, c1, c1t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
-      product_rows_by_cols<T, kTiles, kChunks>(dp, r2, r2t, c2, c2t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
+      if constexpr (kWantDs)
+        product_rows_by_cols<T, kTiles, kChunks>(dp, r2, r2t, c2, c2t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
 
       // Bit 2j + e: this lane's column cb + 8j + 2t + e may be read (and, for keys, attended to).
       unsigned live = 0;
@@ -178,10 +190,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         // Rows 2t, 2t+1, 2t+8, 2t+9 of this 16-column slice are columns (2c, e) and (2c+1, e).
         const unsigned rows = ((live >> (4 * c)) & 3u) | (((live >> (4 * c + 2)) & 3u) << 2);
         const int64_t y0 = cb + c * 16;
-        const FragA<T> da = a_from_c<T>(dp[2 * c], dp[2 * c + 1]);
+        if constexpr (kWantDs) {
+          const FragA<T> da = a_from_c<T>(dp[2 * c], dp[2 * c + 1]);
 #pragma unroll
-        for (int i = 0; i < kOutTiles; ++i) mma(acc1[i], da, load_b_cols(c1 + y0 * c1t + i * 8 + g, c1t, rows, t));
-        if constexpr (KEY_ROWS) {
+          for (int i = 0; i < kOutTiles; ++i)
+            mma(acc1[i], da, load_b_cols(c1 + y0 * c1t + i * 8 + g, c1t, rows, t));
+        }
+        if constexpr (kWantP) {
           const FragA<T> pa = a_from_c<T>(sc[2 * c], sc[2 * c + 1]);
 #pragma unroll
           for (int i = 0; i < kOutTiles; ++i)
@@ -195,10 +210,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t x = r == 0 ? x0 : x1;
       if (x >= n_rows) continue;
       const int64_t row = contiguous_row(sq, n_rows, x, HWN);
-      T* d1 = out1 + row * D + 2 * t;
+      if constexpr (kWantDs) {
+        T* d1 = out1 + row * D + 2 * t;
 #pragma unroll
-      for (int i = 0; i < kOutTiles; ++i) store_pair(d1 + i * 8, acc1[i][2 * r] * p.scale, acc1[i][2 * r + 1] * p.scale);
-      if constexpr (KEY_ROWS) {
+        for (int i = 0; i < kOutTiles; ++i)
+          store_pair(d1 + i * 8, acc1[i][2 * r] * p.scale, acc1[i][2 * r + 1] * p.scale);
+      }
+      if constexpr (kWantP) {
         T* d2 = out2 + row * D + 2 * t;
 #pragma unroll
         for (int i = 0; i < kOutTiles; ++i) store_pair(d2 + i * 8, acc2[i][2 * r], acc2[i][2 * r + 1]);
@@ -220,11 +238,20 @@ cudaError_t launch_bwd(const BwdPointers& a, const Problem& p, cudaStream_t stre
   const auto* lse = reinterpret_cast<const float*>(a.lse);
   const auto* delta = reinterpret_cast<const float*>(a.delta);
   const unsigned seq_blocks = grid_for_rows(p.S, kWarps).x;
-  axial_attention_bwd<T, D, false><<<dim3(seq_blocks, static_cast<unsigned>(row_tiles(p.Tq))), kThreads, 0, stream>>>(
-      q, k, v, dout, lse, delta, reinterpret_cast<T*>(a.dq), nullptr, p);
+  const dim3 query_grid(seq_blocks, static_cast<unsigned>(row_tiles(p.Tq)));
+  const dim3 key_grid(seq_blocks, static_cast<unsigned>(row_tiles(p.T)));
+  T* dq = reinterpret_cast<T*>(a.dq);
+  T* dk = reinterpret_cast<T*>(a.dk);
+  T* dv = reinterpret_cast<T*>(a.dv);
+  axial_attention_bwd<T, D, kPassDq><<<query_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dq, nullptr, p);
   if (const cudaError_t err = cudaGetLastError()) return err;
-  axial_attention_bwd<T, D, true><<<dim3(seq_blocks, static_cast<unsigned>(row_tiles(p.T))), kThreads, 0, stream>>>(
-      q, k, v, dout, lse, delta, reinterpret_cast<T*>(a.dk), reinterpret_cast<T*>(a.dv), p);
+  if constexpr (std::is_same<T, float>::value && D == 128) {
+    axial_attention_bwd<T, D, kPassDk><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dk, nullptr, p);
+    if (const cudaError_t err = cudaGetLastError()) return err;
+    axial_attention_bwd<T, D, kPassDv><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, nullptr, dv, p);
+  } else {
+    axial_attention_bwd<T, D, kPassDkDv><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dk, dv, p);
+  }
   return cudaGetLastError();
 }
 
@@ -254,6 +281,9 @@ int launch_axial_attention_bwd(uintptr_t grad, uintptr_t q, uintptr_t k, uintptr
   if (const int status = attn::check_args({grad, q, k, v, o, lse, delta, dq, dk, dv}, sizes, q_strides, k_strides,
                                           v_strides, mask_strides, dtype))
     return status;
+  // dO and O are read in two-element vectors; a misaligned pointer would be a sticky CUDA error.
+  const uintptr_t pair = dtype == kFloat32 ? 8 : 4;
+  if (grad % pair != 0 || o % pair != 0) return kBadStride;
   const attn::BwdPointers a{grad, q, k, v, o, lse, delta, dq, dk, dv};
   const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
                                     dtype == kFloat32 ? 4 : 2);

@@ -91,5 +91,18 @@ PYBIND11_MODULE(_C, m) {
         py::arg("workspace"), py::arg("workspace_size"), py::arg("N"), py::arg("HW"), py::arg("C"), py::arg("G"),
         py::arg("dtype"), py::arg("gelu"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "dx, dgamma, dbeta of group_norm (+ GELU). Returns a status code.");
+  m.def("launch_axial_attention_fwd", &aef::launch_axial_attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("mask"), py::arg("o"), py::arg("lse"), py::arg("sizes"), py::arg("q_strides"), py::arg("k_strides"),
+        py::arg("v_strides"), py::arg("mask_strides"), py::arg("scale"), py::arg("dtype"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Axial time attention forward; sizes (B, Tq, T, H, W, heads, d), strides in elements over (B, T, H, W, "
+        "heads) and the mask's (B, T, H, W) (mask = 0: none). Writes o and the base-2 lse. Returns a status code.");
+  m.def("launch_axial_attention_bwd", &aef::launch_axial_attention_bwd, py::arg("grad"), py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("mask"), py::arg("delta"), py::arg("dq"), py::arg("dk"),
+        py::arg("dv"), py::arg("sizes"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
+        py::arg("mask_strides"), py::arg("scale"), py::arg("dtype"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Axial time attention backward (grad and o contiguous, delta float32 scratch of lse's size). Writes dq, "
+        "dk, dv contiguous. Returns a status code.");
 #endif
 }

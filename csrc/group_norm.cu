@@ -220,15 +220,18 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < VEC; ++i) sd[i] = sdx[i] = 0.f;
       if (k < packs) {
-        float mu[VEC], rs[VEC], gam[VEC], bet[VEC];
+        // The pre-activation z = x a + zb exactly as the forward and group_norm_bwd_apply form it:
+        // d must be bitwise the same here and there, or a large rstd (a near-constant group) would
+        // amplify the difference between the group means taken here and the d they are taken from.
+        float mu[VEC], rs[VEC], a[VEC], zb[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           const int64_t c = k * VEC + i;
           const int64_t ng = ch.n * s.G + c / s.CG;
           mu[i] = mean[ng];
           rs[i] = rstd[ng];
-          gam[i] = gamma[c];
-          bet[i] = beta[c];
+          a[i] = rs[i] * gamma[c];
+          zb[i] = fmaf(-mu[i], a[i], beta[c]);
         }
         for (int64_t p = ty; p < ch.npix; p += TY) {
           const int64_t off = ch.offset + p * s.C + k * VEC;
@@ -236,9 +239,10 @@ __global__ void __launch_bounds__(kThreads)
           const P gv = *reinterpret_cast<const P*>(dy + off);
 #pragma unroll
           for (int i = 0; i < VEC; ++i) {
-            const float xhat = (to_float(xv.v[i]) - mu[i]) * rs[i];
+            const float xf = to_float(xv.v[i]);
+            const float xhat = (xf - mu[i]) * rs[i];
             const float g = to_float(gv.v[i]);
-            const float d = apply_gelu ? g * gelu_grad(fmaf(xhat, gam[i], bet[i])) : g;
+            const float d = apply_gelu ? g * gelu_grad(fmaf(xf, a[i], zb[i])) : g;
             sd[i] += d;
             sdx[i] = fmaf(d, xhat, sdx[i]);
           }
@@ -337,8 +341,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t w = blockIdx.x; w < s.N * s.chunks; w += gridDim.x) {
     const Chunk ch = chunk_of(w, s);
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      // Per channel, with xhat = (x - mean) rstd: the pre-activation z = x a + zb, and
-      // dx = rstd (gamma d - ca - xhat cb) = a d + bx x + k0.
+      // Per channel, with xhat = (x - mean) rstd: the pre-activation z = x a + zb (as in the forward
+      // and group_norm_bwd_partials), and dx = rstd (gamma d - ca - xhat cb) = a d + bx x + k0.
       float a[VEC], zb[VEC], bx[VEC], k0[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {

@@ -17,7 +17,7 @@ else:
     if not _C.with_cuda:
         dispatch.mark_backend_unavailable("cuda", f"aef_kernels._C was built without CUDA ({_C.cuda_skip_reason})")
 
-OP_MODULES: tuple[str, ...] = ("sphere", "precision")
+OP_MODULES: tuple[str, ...] = ("sphere", "precision", "attention")
 
 if _C is not None and _C.with_cuda:
     for _name in OP_MODULES:

@@ -13,17 +13,19 @@ config, code path, ...). A spec gives the kernel, its full signature (pointer an
 ``"constexpr"`` for compile-time arguments, in argument order), the constexpr values, ``num_warps``
 and ``num_stages``. :func:`compile_spec` compiles one spec for one compute capability and reports the
 shared memory the kernel needs against the target's limit, its registers per thread and its
-local-memory bytes (spills). ``tests/aef_kernels/triton/test_aot.py`` compiles all specs for sm_80 and
+per-thread stack + local memory in bytes (register spills). :func:`make_spec` builds a signature
+from the kernel's argument names. ``tests/aef_kernels/triton/test_aot.py`` compiles all specs for sm_80 and
 sm_90 and fails when shared memory does not fit; ``python -m aef_kernels.triton.aot`` prints the same
 table.
 
 Pointer arguments are compiled as 16-byte aligned, the specialisation the JIT applies to the
-tensors PyTorch allocates, so the register counts are those of the code that runs.
+tensors PyTorch allocates; integer arguments stay generic (the JIT further specialises those equal
+to 1 or divisible by 16, which can only simplify the code), so the numbers are an upper bound.
 
 Under ``TRITON_INTERPRET=1`` ``@triton.jit`` (including the jitted helpers of ``triton.language``
 such as ``tl.sum``) yields interpreter wrappers the compiler cannot take, so a process that runs the
-interpreted tests compiles through :func:`run_isolated`: a child process without the variable runs
-``python -m aef_kernels.triton.aot --json FILE`` and the results come back as :class:`AOTResult`.
+interpreted tests compiles through :func:`run_isolated`: child processes without the variable (one
+per target, side by side) run :func:`main` and the results come back as :class:`AOTResult`.
 """
 
 from __future__ import annotations
@@ -101,10 +103,11 @@ class AOTResult:
 
 
 def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
-    """(registers per thread, local-memory bytes per thread) of kernel ``name`` in ``cubin``.
+    """(registers, stack + local bytes) per thread of kernel ``name`` in ``cubin``.
 
     Read from the cubin because the compiled kernel's ``n_regs``/``n_spills`` are only filled in
-    when it is loaded on a device. Triton kernels use local memory only for register spills.
+    when it is loaded on a device. Triton kernels have no local arrays, so stack and local memory
+    hold register spills (ptxas puts them in the stack frame when it calls out-of-line helpers).
     """
     tool = triton.knobs.nvidia.cuobjdump.path
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
@@ -168,7 +171,9 @@ def run_isolated(targets=TARGETS, timeout: float = 1800) -> list[AOTResult]:
         children = []
         for cc in targets:
             out = os.path.join(tmp, f"aot_{cc}.json")
-            cmd = [sys.executable, "-m", __name__, "--json", out, "--cc", str(cc)]
+            # Not ``-m``: the package imports this module before runpy would run it as __main__.
+            cmd = [sys.executable, "-c", f"import sys; from {__name__} import main; main(sys.argv[1:])",
+                   "--json", out, "--cc", str(cc)]
             children.append((out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                    text=True)))
         for out, child in children:

@@ -9,9 +9,10 @@ Two paths, picked per call from (T, Tq):
 
 - **Single tile** (T and Tq up to the tile size: 64 for 16-bit dtypes, 32 for float32): a program
   takes ``seqs`` whole sequences and packs their queries into one BLOCK_M x d tile and their keys
-  into one BLOCK_N x d tile, so that ``tl.dot`` works on >= 16 x 16 tiles even for T = 3. Scores between different sequences are masked out (the
-  block-diagonal costs FLOPs, but at these sizes the kernel is bound by memory, not by the tensor
-  cores). The whole score tile lives in registers: a plain softmax, no online rescaling.
+  into one BLOCK_N x d tile, so that ``tl.dot`` works on >= 16 x 16 tiles even for T = 3. Scores
+  between different sequences are masked out (the block-diagonal costs FLOPs, but at these sizes
+  the kernel is bound by memory, not by the tensor cores). The whole score tile lives in
+  registers: a plain softmax, no online rescaling.
 - **Key loop** (otherwise): a program takes BLOCK_M queries of one sequence and loops over its keys
   in blocks of BLOCK_N with the online softmax.
 
@@ -54,8 +55,8 @@ HEAD_DIMS = (16, 32, 64, 128)
 # float32 operands are twice as large and split in three for tf32x3, so they get 32 x 32.
 TILES = {"fp32": 32, "fp16": 64, "bf16": 64}
 DELTA_ROWS = 32
-# Sequence indices are split in int32 and sequences sit on grid axis 0 (at most 2^31 - 1 programs).
-MAX_SEQUENCES = 2**31 - 1
+# Grid axis 0 holds at most 2^31 - 1 programs; program and sequence indices are int32.
+MAX_PROGRAMS = 2**31 - 1
 LOG2E = 1.4426950408889634
 _TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # fp32 inputs keep fp32 accuracy on the tensor cores through three TF32 products per dot.
@@ -400,9 +401,13 @@ axial_time_attention_fwd.register_autograd(_backward, setup_context=_setup_conte
 
 def _reasons(q, k, v, key_padding_mask, scale) -> list[str]:
     reasons = device_reasons(q, k, v, key_padding_mask) + kernel_dtype_reasons(q, k, v)
-    B, _, H, W, NH, d = q.shape
-    if B * H * W * NH > MAX_SEQUENCES:
-        reasons.append(f"{B * H * W * NH} sequences (B*H*W*heads) exceed {MAX_SEQUENCES}")
+    B, Tq, H, W, NH, d = q.shape
+    if q.dtype in _TL_DTYPES:
+        cfg = _config(Tq, k.shape[1], TILES[_TL_DTYPES[q.dtype]])
+        groups = triton.cdiv(B * H * W * NH, cfg.seqs)
+        programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
+        if programs > MAX_PROGRAMS:
+            reasons.append(f"{B * H * W * NH} sequences need {programs} programs (grid limit {MAX_PROGRAMS})")
     if d not in HEAD_DIMS:
         reasons.append(f"head dim {d} is not supported (supported: {', '.join(map(str, HEAD_DIMS))})")
     return reasons

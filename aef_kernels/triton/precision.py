@@ -117,7 +117,7 @@ def _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, src, n_idx,
         if ONE_FRAME:
             sidx = tl.min(n_idx, axis=0) * G + cc // CG
             # A row block past the last frame (the tail of a weight-gradient chunk) reads no statistics.
-            s_ok = c_ok & (tl.max(ok.to(tl.int32), axis=0) > 0)
+            s_ok = c_ok & ((cc * 0 + tl.max(ok.to(tl.int32), axis=0)) > 0)
             scale = tl.load(rstd_ptr + sidx, mask=s_ok, other=0.0) * gam
             shift = bet - tl.load(mean_ptr + sidx, mask=s_ok, other=0.0) * scale
             a = a.to(tl.float32) * scale[None, :] + shift[None, :]
@@ -556,15 +556,21 @@ def _sig(names_types: list[tuple[str, str]], constexprs: dict) -> dict:
     return {n: ("constexpr" if n in constexprs else t) for n, t in names_types}
 
 
+def _unique(specs: list[AOTSpec]) -> list[AOTSpec]:
+    """The specs, without those compiling to the same kernel as an earlier one (first name kept)."""
+    seen = {}
+    for spec in specs:
+        constexprs = tuple(sorted((k, str(v)) for k, v in spec.constexprs.items()))
+        key = (spec.kernel, tuple(spec.signature.items()), constexprs, spec.num_warps, spec.num_stages)
+        seen.setdefault(key, spec)
+    return list(seen.values())
+
+
 def aot_specs() -> list[AOTSpec]:
-    specs: dict[tuple, AOTSpec] = {}
+    specs: list[AOTSpec] = []
 
     def add(name, kernel, args, constexprs, num_warps, num_stages):
-        sig = _sig(args, constexprs)
-        key = (kernel, tuple(sig.items()), tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps,
-               num_stages)
-        if key not in specs:
-            specs[key] = AOTSpec(name, kernel, sig, constexprs, num_warps, num_stages)
+        specs.append(AOTSpec(name, kernel, _sig(args, constexprs), constexprs, num_warps, num_stages))
 
     for dtype, ty in _TL_DTYPES.items():
         p = f"*{ty}"
@@ -573,7 +579,9 @@ def aot_specs() -> list[AOTSpec]:
             gcfg = _gn_config(cg)
             gw = gcfg.pop("num_warps")
             for apply, gelu in ((False, False), (True, False), (True, True)):
-                args = [("x_ptr", p), ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("mean_ptr", "*fp32"),
+                # Unused pointer arguments are passed x (see the launchers), so they have x's type.
+                aff = "*fp32" if apply else p
+                args = [("x_ptr", p), ("gamma_ptr", aff), ("beta_ptr", aff), ("mean_ptr", "*fp32"),
                         ("rstd_ptr", "*fp32"), ("y_ptr", p), ("HW", "i32"), ("C", "i32"), ("CG", "i32"),
                         ("G", "i32"), ("eps", "fp32"), ("APPLY", ""), ("GELU", ""), ("BLOCK_P", ""),
                         ("BLOCK_CG", "")]
@@ -598,9 +606,10 @@ def aot_specs() -> list[AOTSpec]:
             for name, cin, cout, norm, bias, epi, pre, res, out_ty in convs:
                 cfg = _conv_config(cin, cout, dtype)
                 nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                args = [("a_ptr", p), ("w_ptr", p), ("bias_ptr", p), ("mean_ptr", "*fp32"), ("rstd_ptr", "*fp32"),
-                        ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("z_ptr", p), ("res_ptr", p),
-                        ("out_ptr", out_ty), ("pre_ptr", p), ("M", "i32"), ("H", "i32"), ("W", "i32"),
+                st = "*fp32" if norm else p
+                args = [("a_ptr", p), ("w_ptr", p), ("bias_ptr", p), ("mean_ptr", st), ("rstd_ptr", st),
+                        ("gamma_ptr", st), ("beta_ptr", st), ("z_ptr", p), ("res_ptr", p),
+                        ("out_ptr", out_ty), ("pre_ptr", p if pre else out_ty), ("M", "i32"), ("H", "i32"), ("W", "i32"),
                         ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"), ("CG", "i32"), ("NORM_IN", ""),
                         ("ONE_FRAME", ""), ("HAS_BIAS", ""), ("EPILOGUE", ""), ("STORE_PRE", ""), ("HAS_RES", ""),
                         ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
@@ -612,8 +621,9 @@ def aot_specs() -> list[AOTSpec]:
             for name, cin, cout, norm in (("wgrad1", c, 4 * c, True), ("wgrad2", 4 * c, c, False)):
                 cfg = _wgrad_config(cin, cout, dtype)
                 nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                args = [("a_ptr", p), ("dy_ptr", p), ("mean_ptr", "*fp32"), ("rstd_ptr", "*fp32"),
-                        ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"),
+                st = "*fp32" if norm else p
+                args = [("a_ptr", p), ("dy_ptr", p), ("mean_ptr", st), ("rstd_ptr", st),
+                        ("gamma_ptr", st), ("beta_ptr", st), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"),
                         ("M", "i32"), ("H", "i32"), ("W", "i32"), ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"),
                         ("CG", "i32"), ("CHUNK", "i32"), ("NORM_IN", ""), ("ONE_FRAME", ""), ("DOT_PREC", ""),
                         ("BLOCK_M", ""), ("BLOCK_CI", ""), ("BLOCK_CO", "")]
@@ -621,4 +631,4 @@ def aot_specs() -> list[AOTSpec]:
                     ce = dict(NORM_IN=norm, ONE_FRAME=one_frame, DOT_PREC=_dot_prec(dtype), **cfg)
                     tag = "" if not norm else ("_oneframe" if one_frame else "_anyframe")
                     add(f"conv3x3_{name}{tag}_{ty}_{cin}x{cout}", _conv3x3_wgrad_kernel, args, ce, nw, ns)
-    return list(specs.values())
+    return _unique(specs)

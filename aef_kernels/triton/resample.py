@@ -31,7 +31,7 @@ from ..functional import ExchangeParams
 from ..reference.resample import _cast
 from .aot import AOTSpec
 from .common import device_reasons
-from .precision import _TL_DTYPES, _dot_prec, _tile, _wgrad_split
+from .precision import _TL_DTYPES, _dot_prec, _wgrad_split
 
 
 @triton.jit
@@ -239,28 +239,27 @@ def _s2d_wgrad_kernel(a_ptr, dy_ptr, dw_ptr, db_ptr, M, HO, WO, CIN, F, COUT, CH
 # ------------------------------------------------------------------------------------------------
 # Configuration: every choice is enumerated by aot_specs().
 
-def _gemm_config(cins: tuple[int, ...], cout: int, dtype: torch.dtype) -> dict:
+# One tile per dtype for every width: the resampling passes are as much gathers and sums as GEMMs,
+# and width-specific tiles would multiply the configurations to compile ahead of time (by 4-5 per
+# kernel) for little gain; 96- and 16-wide channels waste part of a masked tile.
+
+def _gemm_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    bn = _tile(cout, 16, 128)
-    ks = [_tile(c, 16, 64 if wide else 32) for c in cins] + [16, 16]
-    return dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K1=ks[0], BLOCK_K2=ks[1], num_warps=4,
-                num_stages=3 if wide else 2)
+    bk = 64 if wide else 32
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=4, num_stages=3 if wide else 2)
 
 
-def _dgrad_config(k: int, cout: int, dtype: torch.dtype) -> dict:
+def _dgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64, BLOCK_N=_tile(k, 16, 128), BLOCK_K=_tile(cout, 16, 64 if wide else 32),
-                num_warps=4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64 if wide else 32, num_warps=4, num_stages=3 if wide else 2)
 
 
-def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
+def _wgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
-                num_warps=4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=64, BLOCK_CO=64, num_warps=4, num_stages=3 if wide else 2)
 
 
-def _adjoint_config(c: int) -> dict:
-    return dict(BLOCK_M=32, BLOCK_C=_tile(c, 16, 128), num_warps=4)
+_ADJOINT_CONFIG = dict(BLOCK_M=32, BLOCK_C=64, num_warps=4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +277,7 @@ def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()
     M = N * HO * WO
     # The GEMMs run in the weights' dtype (activations are cast on load).
     compute = downs[0][1].dtype if downs else dtype
-    cfg = _gemm_config(tuple(a.shape[-1] for a, _, _ in downs), cout, compute)
+    cfg = _gemm_config(compute)
     d = list(downs) + [(out, out, 1)] * (2 - len(downs))
     u = [(v, v.shape[1], v.shape[2], 1.0 / f) for v, f in ups] + [(out, 1, 1, 1.0)] * (2 - len(ups))
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
@@ -303,7 +302,7 @@ def _up_adjoint(dy, lowres_hw, factor):
     HU, WU = lowres_hw
     du = torch.empty((N, HU, WU, C), device=dy.device, dtype=torch.float32)
     M = N * HU * WU
-    cfg = _adjoint_config(C)
+    cfg = _ADJOINT_CONFIG
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(C, cfg["BLOCK_C"]))
     wrap_triton(_up_adjoint_kernel)[grid](dy, du, M, HU, WU, HO, WO, C, factor, 1.0 / factor, **cfg)
     return du
@@ -316,7 +315,7 @@ def _down_dgrad(dy, w, factor, in_shape, prev=None):
     dx = torch.empty(in_shape, device=dy.device, dtype=dy.dtype if prev is None else prev.dtype)
     wt = w.permute(0, 2, 3, 1).reshape(cout, K).to(dy.dtype).contiguous()
     M = N * HO * WO
-    cfg = _dgrad_config(K, cout, dy.dtype)
+    cfg = _dgrad_config(dy.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_N"]))
     wrap_triton(_down_dgrad_kernel)[grid](dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor,
                                           cout, HAS_PREV=prev is not None, DOT_PREC=_dot_prec(dy.dtype), **cfg)
@@ -328,7 +327,7 @@ def _s2d_wgrad(a, dy, factor):
     N, HO, WO, cout = dy.shape
     cin = a.shape[-1]
     M = N * HO * WO
-    cfg = _wgrad_config(cin, cout, a.dtype)
+    cfg = _wgrad_config(a.dtype)
     tiles = factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]) * triton.cdiv(cout, cfg["BLOCK_CO"])
     split, chunk = _wgrad_split(M, cfg["BLOCK_M"], tiles)
     dw = torch.empty((split, factor * factor * cin, cout), device=a.device, dtype=torch.float32)
@@ -545,81 +544,60 @@ def pyramid_exchange(xs, xt, xp, params: ExchangeParams):
 # ------------------------------------------------------------------------------------------------
 # Ahead-of-time compilation.
 
-PRESET_WIDTHS = ((16, 32, 64), (64, 256, 512), (96, 384, 768), (128, 512, 1024))  # (d_p, d_t, d_s)
-
-
 def aot_specs() -> list[AOTSpec]:
-    from .precision import _sig
+    from .precision import _sig, _unique
 
-    specs: dict[tuple, AOTSpec] = {}
-
-    def add(name, kernel, args, constexprs, num_warps, num_stages):
-        sig = _sig(args, constexprs)
-        key = (kernel, tuple(sig.items()), tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps,
-               num_stages)
-        if key not in specs:
-            specs[key] = AOTSpec(name, kernel, sig, constexprs, num_warps, num_stages)
-
+    f32 = "*fp32"
+    specs = []
     for dtype, ty in _TL_DTYPES.items():
         p = f"*{ty}"
-        for dp, dt_, ds in PRESET_WIDTHS:
-            f32 = "*fp32"
-            # (name, cins of the downs, cout, num_down, num_up, own, bias, down input type, out type):
-            # down-sampling (5 = source projectors' band counts below 16, which all take one
-            # 16-wide K tile), the up-sampling gather, the three exchange sums, the 1x1 maps at low
-            # resolution (forward, float32 out), and the backward's 1x1 passes on float32 gradients.
-            passes = [("down", (dp,), dt_, 1, 0, False, True, p, p),
-                      ("down", (dt_,), ds, 1, 0, False, True, p, p),
-                      ("down", (dp,), ds, 1, 0, False, True, p, p),
-                      ("down", (5,), dp, 1, 0, False, True, p, p),
-                      ("up_gather", (), dp, 0, 1, False, False, p, p),
-                      ("up_gather", (), dt_, 0, 1, False, False, p, p),
-                      ("exch_s", (dp, dt_), ds, 2, 0, True, True, p, p),
-                      ("exch_t", (dp,), dt_, 1, 1, True, True, p, p),
-                      ("exch_p", (), dp, 0, 2, True, False, p, p),
-                      ("bwd_s", (dt_, dp), ds, 2, 0, True, False, f32, p),
-                      ("bwd_t", (dp,), dt_, 1, 0, True, False, f32, p)]
-            for cin, cout in ((ds, dt_), (ds, dp), (dt_, dp), (dp, dt_), (dp, ds), (dt_, ds)):
-                passes += [("linear", (cin,), cout, 1, 0, False, True, p, f32),
-                           ("up_dx", (cin,), cout, 1, 0, False, False, f32, p)]
-            for name, cins, cout, nd, nu, own, bias, a_ty, out_ty in passes:
-                cfg = _gemm_config(cins, cout, dtype)
-                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                args = [("out_ptr", out_ty), ("own_ptr", p), ("bias_ptr", p), ("a1_ptr", a_ty), ("w1_ptr", p),
-                        ("a2_ptr", a_ty), ("w2_ptr", p), ("u1_ptr", "*fp32"), ("u2_ptr", "*fp32"), ("M", "i32"),
-                        ("HO", "i32"), ("WO", "i32"), ("COUT", "i32"), ("CIN1", "i32"), ("F1", "i32"),
-                        ("CIN2", "i32"), ("F2", "i32"), ("HU1", "i32"), ("WU1", "i32"), ("INV_F1", "fp32"),
-                        ("HU2", "i32"), ("WU2", "i32"), ("INV_F2", "fp32"), ("NUM_DOWN", ""), ("NUM_UP", ""),
-                        ("HAS_OWN", ""), ("HAS_BIAS", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""),
-                        ("BLOCK_K1", ""), ("BLOCK_K2", "")]
-                ce = dict(NUM_DOWN=nd, NUM_UP=nu, HAS_OWN=own, HAS_BIAS=bias, DOT_PREC=_dot_prec(dtype), **cfg)
-                tag = f"{'x'.join(map(str, cins))}to{cout}_{a_ty[1:]}_{out_ty[1:]}"
-                add(f"exchange_{name}_{ty}_{tag}", _exchange_kernel, args, ce, nw, ns)
-            for c in (dp, dt_):
-                cfg = _adjoint_config(c)
-                nw = cfg.pop("num_warps")
-                args = [("dy_ptr", p), ("du_ptr", "*fp32"), ("M", "i32"), ("HU", "i32"), ("WU", "i32"),
-                        ("HO", "i32"), ("WO", "i32"), ("C", "i32"), ("F", "i32"), ("INV_F", "fp32"),
-                        ("BLOCK_M", ""), ("BLOCK_C", "")]
-                add(f"up_adjoint_{ty}_{c}", _up_adjoint_kernel, args, cfg, nw, 1)
-            # down-sampling convs (cin, cout, factor) of the exchange and of path initialisation
-            for cin, cout, f in ((dp, ds, 8), (dt_, ds, 2), (dp, dt_, 4)):
-                cfg = _dgrad_config(f * f * cin, cout, dtype)
-                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                for prev in (False, True):
-                    args = [("dy_ptr", p), ("wt_ptr", p), ("prev_ptr", p), ("dx_ptr", p), ("M", "i32"),
-                            ("HO", "i32"), ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"),
-                            ("HAS_PREV", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
-                    ce = dict(HAS_PREV=prev, DOT_PREC=_dot_prec(dtype), **cfg)
-                    add(f"down_dgrad_{ty}_{cin}to{cout}_f{f}", _down_dgrad_kernel, args, ce, nw, ns)
-            # down-sampling weights (gradient in x's dtype), then the 1x1 maps (float32 gradient)
-            for cin, cout, g_ty in ((dp, ds, p), (dt_, ds, p), (dp, dt_, p), (ds, dt_, f32), (dt_, dp, f32),
-                                    (ds, dp, f32)):
-                cfg = _wgrad_config(cin, cout, dtype)
-                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                args = [("a_ptr", p), ("dy_ptr", g_ty), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"), ("M", "i32"),
-                        ("HO", "i32"), ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"),
-                        ("CHUNK", "i32"), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_K", ""), ("BLOCK_CO", "")]
-                ce = dict(DOT_PREC=_dot_prec(dtype), **cfg)
-                add(f"s2d_wgrad_{ty}_{cin}to{cout}_{g_ty[1:]}", _s2d_wgrad_kernel, args, ce, nw, ns)
-    return list(specs.values())
+        # (name, out type, types of the down inputs, num_up, own, bias): down-sampling, the up-sampling
+        # gather, the three exchange sums, the 1x1 maps at low resolution (float32 out), the
+        # backward's passes on float32 gradients. Unused pointer slots are passed the output tensor
+        # (see _exchange), so they take its type.
+        passes = [("down", p, (p,), 0, False, True), ("down_nobias", p, (p,), 0, False, False),
+                  ("up_gather", p, (), 1, False, False), ("exch_s", p, (p, p), 0, True, True),
+                  ("exch_s_nobias", p, (p, p), 0, True, False), ("exch_t", p, (p,), 1, True, True),
+                  ("exch_t_nobias", p, (p,), 1, True, False), ("exch_p", p, (), 2, True, False),
+                  ("linear", f32, (p,), 0, False, True), ("linear_nobias", f32, (p,), 0, False, False),
+                  ("up_dx", p, (f32,), 0, False, False), ("bwd_s", p, (f32, f32), 0, True, False),
+                  ("bwd_t", p, (f32,), 0, True, False)]
+        cfg = _gemm_config(dtype)
+        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+        for name, out_ty, a_tys, nu, own, bias in passes:
+            a1, a2 = (list(a_tys) + [out_ty, out_ty])[:2]
+            w1, w2 = [p if k < len(a_tys) else out_ty for k in range(2)]
+            u1, u2 = [f32 if k < nu else out_ty for k in range(2)]
+            args = [("out_ptr", out_ty), ("own_ptr", p if own else out_ty), ("bias_ptr", p if bias else out_ty),
+                    ("a1_ptr", a1), ("w1_ptr", w1), ("a2_ptr", a2), ("w2_ptr", w2), ("u1_ptr", u1), ("u2_ptr", u2),
+                    ("M", "i32"), ("HO", "i32"), ("WO", "i32"), ("COUT", "i32"), ("CIN1", "i32"), ("F1", "i32"),
+                    ("CIN2", "i32"), ("F2", "i32"), ("HU1", "i32"), ("WU1", "i32"), ("INV_F1", "fp32"),
+                    ("HU2", "i32"), ("WU2", "i32"), ("INV_F2", "fp32"), ("NUM_DOWN", ""), ("NUM_UP", ""),
+                    ("HAS_OWN", ""), ("HAS_BIAS", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""),
+                    ("BLOCK_K1", ""), ("BLOCK_K2", "")]
+            ce = dict(NUM_DOWN=len(a_tys), NUM_UP=nu, HAS_OWN=own, HAS_BIAS=bias, DOT_PREC=_dot_prec(dtype), **cfg)
+            specs.append(AOTSpec(f"exchange_{name}_{ty}", _exchange_kernel, _sig(args, ce), ce, nw, ns))
+        cfg = dict(_ADJOINT_CONFIG)
+        nw = cfg.pop("num_warps")
+        args = [("dy_ptr", p), ("du_ptr", f32), ("M", "i32"), ("HU", "i32"), ("WU", "i32"), ("HO", "i32"),
+                ("WO", "i32"), ("C", "i32"), ("F", "i32"), ("INV_F", "fp32"), ("BLOCK_M", ""), ("BLOCK_C", "")]
+        specs.append(AOTSpec(f"up_adjoint_{ty}", _up_adjoint_kernel, _sig(args, cfg), cfg, nw, 1))
+        cfg = _dgrad_config(dtype)
+        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+        for prev in (False, True):
+            args = [("dy_ptr", p), ("wt_ptr", p), ("prev_ptr", p), ("dx_ptr", p), ("M", "i32"), ("HO", "i32"),
+                    ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"), ("HAS_PREV", ""),
+                    ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
+            ce = dict(HAS_PREV=prev, DOT_PREC=_dot_prec(dtype), **cfg)
+            specs.append(AOTSpec(f"down_dgrad_{ty}{'_acc' if prev else ''}", _down_dgrad_kernel, _sig(args, ce),
+                                 ce, nw, ns))
+        cfg = _wgrad_config(dtype)
+        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+        # down-sampling weights (gradient in x's dtype), and the 1x1 maps (float32 gradient)
+        for g_ty in (p, f32):
+            args = [("a_ptr", p), ("dy_ptr", g_ty), ("dw_ptr", f32), ("db_ptr", f32), ("M", "i32"), ("HO", "i32"),
+                    ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"), ("CHUNK", "i32"),
+                    ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_K", ""), ("BLOCK_CO", "")]
+            ce = dict(DOT_PREC=_dot_prec(dtype), **cfg)
+            specs.append(AOTSpec(f"s2d_wgrad_{ty}_{g_ty[1:]}", _s2d_wgrad_kernel, _sig(args, ce), ce, nw, ns))
+    return _unique(specs)

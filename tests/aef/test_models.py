@@ -194,13 +194,14 @@ def test_backends_match_the_reference(make_batch, backend):
     """Every backend that can run here gives the reference's embeddings and gradients (float32)."""
     torch.manual_seed(0)
     model = AEF("tiny", blocks=1).train()
-    data, times, masks = inputs_of(make_batch(side=16))
+    # Small: the Triton interpreter runs every kernel program in Python on CPU-only machines.
+    data, times, masks = inputs_of(make_batch(side=16, frames={"sentinel2": 2, "sentinel1": 1}, batch=1))
 
     def run(name):
         model.zero_grad()
         with K.use_backend(name):
             emb = model.encode(data, times, masks)
-            mu = model.summarize(emb, year_periods(2)[:, None].double())
+            mu = model.summarize(emb, year_periods(1)[:, None].double())
         (mu * torch.linspace(-1, 1, 64)).sum().backward()
         return mu.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

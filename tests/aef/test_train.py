@@ -210,9 +210,10 @@ def test_torchrun_two_gloo_processes_average_to_the_full_batch_gradient(tmp_path
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    subprocess.run([sys.executable, str(worker), str(one)], env=env, check=True, timeout=300)
+    # Generous limits: three interpreters importing torch on a loaded 2-core machine are slow to start.
+    subprocess.run([sys.executable, str(worker), str(one)], env=env, check=True, timeout=600)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(worker), str(two)], env=env, capture_output=True, text=True, timeout=300)
+                          str(worker), str(two)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     assert a.keys() == b.keys() and len(a) > 0

@@ -33,6 +33,9 @@ KERNEL_FAMILIES = {
     "group_norm_bwd_coefs": False,
     "group_norm_bwd_params": False,
     "group_norm_bwd_apply": True,
+    "axial_attention_fwd": True,
+    "axial_attention_bwd_delta": True,
+    "axial_attention_bwd": True,
 }
 
 

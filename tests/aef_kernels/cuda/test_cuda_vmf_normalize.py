@@ -74,8 +74,12 @@ def test_forward_matches_reference(dtype, D, layout, poisoned, within_reference_
     x = LAYOUTS[layout](base)
     y = K.vmf_normalize(x, EPS, backend="cuda")
     assert y.shape == x.shape and y.dtype == dtype
-    exact = reference.vmf_normalize(x.double(), EPS)
-    within_reference_error("y", y, reference.vmf_normalize(x, EPS), exact, 2, dtype)
+    # The reference's own zero rows are NaN in float16 (eps = 1e-12 underflows to 0 there), so they
+    # are checked apart.
+    zero = (x == 0).all(dim=-1)
+    assert zero.any() and (y[zero] == 0).all()
+    exact = reference.vmf_normalize(x.double(), EPS)[~zero]
+    within_reference_error("y", y[~zero], reference.vmf_normalize(x, EPS)[~zero], exact, 2, dtype)
 
 
 # Incoming gradients the backward must read in place or copy correctly: as autograd hands them over
@@ -106,7 +110,9 @@ def test_gradient_matches_reference(dtype, D, layout, grad_layout, poisoned, wit
     exact = _grads(lambda t: reference.vmf_normalize(t, EPS), x.double(), g.double())
     low = _grads(lambda t: reference.vmf_normalize(t, EPS), x, g)
     assert out.shape == x.shape and out.dtype == dtype
-    within_reference_error("dx", out, low, exact, 3, dtype)
+    # dx = g / |x| - x (g . x) / |x|^3 cancels (to exactly 0 when D = 1): errors scale with its terms.
+    terms = (g.double().abs() / x.double().norm(dim=-1, keepdim=True)).max().item()
+    within_reference_error("dx", out, low, exact, 3, dtype, scale=terms)
 
 
 @pytest.mark.gpu
