@@ -263,19 +263,19 @@ def format_table(result: dict) -> str:
                 f"peak memory: {t.get('memory_method')}")
     c = result["ceilings"]
     if c:
-        head.append(f"ceilings measured now: copy {c['bandwidth_GBps']:.1f} GB/s, "
-                    f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.2f} TFLOP/s")
+        head.append(f"ceilings measured now: copy {c['bandwidth_GBps']:.4g} GB/s, "
+                    f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.4g} TFLOP/s")
     cols = ["case", "shape", "mode", "provider", "median ms", "(p20-p80)", "vs eager", "peak MiB"]
     if with_floors:
         cols += ["GB/s", "TFLOP/s", "roofline"]
     lines = []
     for r in rows:
         if r["status"] == "ok":
-            cells = [r["section"], r["shape"], r["mode"], r["provider"], _fmt(r["median_ms"], ".3f"),
-                     f"({r['p20_ms']:.3f}-{r['p80_ms']:.3f})", _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
+            cells = [r["section"], r["shape"], r["mode"], r["provider"], _fmt(r["median_ms"], ".4g"),
+                     f"({r['p20_ms']:.4g}-{r['p80_ms']:.4g})", _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
                      _fmt(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20, ".1f")]
             if with_floors:
-                cells += [_fmt(r["gbps"], ".1f"), _fmt(r["tflops"], ".2f"),
+                cells += [_fmt(r["gbps"], ".4g"), _fmt(r["tflops"], ".3g"),
                           "-" if r["roofline_fraction"] is None else f"{r['roofline_fraction']:.1%} {r['bound']}"]
         else:
             reason = (r["reason"] or "").splitlines()[0]

@@ -19,11 +19,6 @@ from .. import _C, checks, dispatch
 from ._launch import DTYPE_CODES, check, stream_handle
 
 
-def _frames(x: torch.Tensor) -> torch.Tensor:
-    """x (N, H, W, C) as contiguous channels-last memory, as the kernels read it."""
-    return x.contiguous()
-
-
 def _workspace(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int]:
     N, H, W, C = x.shape
     size = _C.group_norm_workspace_size(N, H * W, C, num_groups)
@@ -36,7 +31,7 @@ def _workspace(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int]:
 def cuda_group_norm_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
                          gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd) of x (N, H, W, C); weight and bias are float32 (C,), mean and rstd float32 (N, G)."""
-    x = _frames(x)
+    x = x.contiguous()  # the kernels read contiguous (N, H*W, C)
     N, H, W, C = x.shape
     y = torch.empty_like(x)
     if x.numel() == 0:
@@ -68,8 +63,8 @@ def cuda_group_norm_nhwc_backward(dy: torch.Tensor, x: torch.Tensor, weight: tor
                                   mean: torch.Tensor, rstd: torch.Tensor,
                                   gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx in x's dtype, dweight, dbias float32 (C,)); GELU's input is recomputed from x."""
-    x = _frames(x)
-    dy = _frames(dy.to(x.dtype))
+    x = x.contiguous()
+    dy = dy.to(x.dtype).contiguous()
     N, H, W, C = x.shape
     G = mean.shape[1]
     dx = torch.empty_like(x)

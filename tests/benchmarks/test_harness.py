@@ -214,8 +214,8 @@ def test_table_shows_figures_and_reasons():
     result = _result(rows)
     result["ceilings"] = {"bandwidth_GBps": 2000.0, "matmul_TFLOPs": 700.0, "matmul_dtype": "bfloat16"}
     table = record.format_table(result)
-    assert "Test GPU" in table and "2.000" in table and "(1.800-2.200)" in table and "1.00x" in table
-    assert "25.0% memory" in table and "500.0" in table
+    assert "Test GPU" in table and "  2  " in table and "(1.8-2.2)" in table and "1.00x" in table
+    assert "25.0% memory" in table and "  500  " in table
     assert "not available: needs CUDA" in table and "more detail" not in table
 
 

@@ -9,6 +9,7 @@ import torch
 
 import aef_kernels as K
 from aef_kernels import _C, dispatch, reference
+from aef_kernels.info import example_args
 
 pytestmark = pytest.mark.skipif(not _C.with_cuda, reason=f"built without CUDA: {_C.cuda_skip_reason}")
 
@@ -32,8 +33,6 @@ def test_fake_impls_give_outputs_statistics_and_gradients():
 
 @pytest.mark.parametrize("op", ["group_norm_nhwc", "precision_operator"])
 def test_cuda_backend_is_registered_and_explains_cpu_inputs(op):
-    from aef_kernels.info import example_args
-
     assert "cuda" in dispatch.registered_backends(op)
     args = example_args(op, torch.device("cpu"), torch.float32)
     assert dispatch.not_supported_reasons(op, "cuda", *args) == [

@@ -72,12 +72,14 @@ def exchange_inputs(Hs, Ws, ts, pt, widths, biases, seed=0):
     return xs, xt, xp, K.ExchangeParams(*params)
 
 
-# (Hs, Ws, ts, pt): the model's ratios (2, 4) and a smaller pair; a 1x1 coarsest grid; non-square.
-EXCHANGE_GEOMETRIES = [(1, 1, 2, 4), (1, 2, 2, 2), (2, 1, 4, 2)]
+ALL_BIASES = (True,) * 6
+SOME_BIASES = (True, False, True, False, True, False)
 
 
-@pytest.mark.parametrize("biases", [(True,) * 6, (True, False, True, False, True, False)])
-@pytest.mark.parametrize("Hs,Ws,ts,pt", EXCHANGE_GEOMETRIES)
+# (Hs, Ws, ts, pt, biases): the model's ratios (2, 4) and smaller pairs; a 1x1 coarsest grid;
+# non-square grids; with every bias and with half of them None.
+@pytest.mark.parametrize("Hs,Ws,ts,pt,biases", [(1, 1, 2, 4, ALL_BIASES), (1, 2, 2, 2, SOME_BIASES),
+                                                (2, 1, 4, 2, ALL_BIASES), (1, 1, 2, 4, SOME_BIASES)])
 def test_pyramid_exchange_matches_reference(Hs, Ws, ts, pt, biases):
     """All three sums and the gradients of the three inputs and every weight and bias equal the
     reference's, with channel widths that are not powers of two."""
@@ -89,7 +91,7 @@ def test_pyramid_exchange_matches_reference(Hs, Ws, ts, pt, biases):
 
 def test_resample_backward_is_deterministic():
     """Two backward passes of the exchange give bitwise-identical gradients (no float atomics)."""
-    xs, xt, xp, params = exchange_inputs(1, 2, 2, 2, (16, 16, 16), (True,) * 6)
+    xs, xt, xp, params = exchange_inputs(1, 2, 2, 2, (16, 16, 16), ALL_BIASES)
     inputs = [xs, xt, xp] + list(params)
     first = grads(K.pyramid_exchange(xs, xt, xp, params, backend="triton"), inputs)
     second = grads(K.pyramid_exchange(xs, xt, xp, params, backend="triton"), inputs)
@@ -112,7 +114,7 @@ def _opcheck_cases():
     x = rand(g, 1, 4, 4, 16)
     wd, wu, b = rand(g, 16, 16, 2, 2), rand(g, 16, 16), rand(g, 16)
     y = rand(g, 1, 2, 2, 16)
-    xs, xt, xp, params = exchange_inputs(1, 1, 2, 2, (16, 16, 16), (True, False, True, False, True, False))
+    xs, xt, xp, params = exchange_inputs(1, 1, 2, 2, (16, 16, 16), SOME_BIASES)
     d = [t.detach() for t in (xs, xt, xp)]
     ws = [w.detach() for w in params[0::2]]
     return {"down_fwd": (tri._down_fwd, (x, wd, b, 2)),
@@ -157,7 +159,7 @@ def test_gpu_resample_low_precision(dtype, factor):
 def test_gpu_pyramid_exchange_low_precision(dtype):
     """All three sums and all gradients obey the flash-attention rule at the small preset's widths
     and the model's ratios (S at 2x2, T at 4x4, P at 16x16)."""
-    xs, xt, xp, params = exchange_inputs(2, 2, 2, 4, SMALL_PRESET, (True,) * 6)
+    xs, xt, xp, params = exchange_inputs(2, 2, 2, 4, SMALL_PRESET, ALL_BIASES)
     tensors = [xs, xt, xp] + list(params)
     errors = low_precision_errors(
         lambda t, bk: K.pyramid_exchange(t[0], t[1], t[2], K.ExchangeParams(*t[3:]), backend=bk),
@@ -169,7 +171,7 @@ def test_gpu_pyramid_exchange_low_precision(dtype):
 def test_gpu_exchange_compile_fullgraph():
     """torch.compile(fullgraph=True) traces the Triton exchange (forward and backward) without graph
     breaks and computes what eager computes."""
-    xs, xt, xp, params = exchange_inputs(2, 2, 2, 4, SMALL_PRESET, (True,) * 6)
+    xs, xt, xp, params = exchange_inputs(2, 2, 2, 4, SMALL_PRESET, ALL_BIASES)
     inputs = [xs, xt, xp] + list(params)
 
     def f(xs, xt, xp, *p):
@@ -184,6 +186,6 @@ def test_gpu_exchange_compile_fullgraph():
 @gpu
 def test_gpu_auto_picks_triton():
     """auto dispatch runs the Triton kernels for CUDA tensors."""
-    xs, xt, xp, params = exchange_inputs(1, 1, 2, 4, SMALL_PRESET, (True,) * 6)
+    xs, xt, xp, params = exchange_inputs(1, 1, 2, 4, SMALL_PRESET, ALL_BIASES)
     assert dispatch.select("pyramid_exchange", (xs, xt, xp, params)).backend == "triton"
     assert dispatch.select("resample_up", (xs, params.s_to_t_w, None, 2)).backend == "triton"
