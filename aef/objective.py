@@ -234,9 +234,14 @@ def pretraining_step(model, source_data, timestamps, valid_periods, masks=None, 
     cfg = model.config
     inputs = prepare_inputs(source_data, timestamps, masks, model.input_specs, known=tuple(model.decode_specs))
     B, L = inputs.batch_size, inputs.side
+    overlap = sorted(set(targets or {}) & set(inputs.names))
+    if overlap:
+        raise ValueError(f"targets: {', '.join(overlap)} are inputs of this batch; an input source is "
+                         "reconstructed from its own frames (the target frame is masked out of the input)")
     frames = {n: source_data[n] for n in source_data if n in model.decode_specs and n not in inputs.names}
     frames.update(targets or {})
-    target_inputs = prepare_inputs(frames, timestamps, masks, model.decode_specs) if frames else None
+    target_inputs = (prepare_inputs(frames, timestamps, masks, model.decode_specs, known=tuple(model.input_specs))
+                     if frames else None)
     if target_inputs is not None and (target_inputs.batch_size, target_inputs.side) != (B, L):
         raise ValueError(f"targets: expected batch size {B} and patch side {L} like the inputs, got "
                          f"{target_inputs.batch_size} and {target_inputs.side}")

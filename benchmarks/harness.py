@@ -143,47 +143,24 @@ def tensor_bytes(*objs) -> int:
     return total
 
 
-def _proc_status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak memory one call of ``fn`` allocates beyond what was allocated before it (the CUDA caching
+    allocator's statistics). None on CPU: torch keeps no CPU allocator statistics, and the growth of
+    the resident set mostly measures the C allocator's reuse of freed pages, not the call."""
+    if device.type != "cuda":
         return None
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    # Writing 5 to clear_refs resets VmHWM, the peak resident set size (Linux 4.0 and newer).
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[Optional[int], str]:
-    """Peak memory one call of ``fn`` needs beyond what was allocated before it, and how it was
-    measured: the caching allocator's peak on a GPU, the growth of the peak resident set on CPU
-    (an estimate: the C allocator may keep freed pages), or None where neither can be read."""
-    if device.type == "cuda":
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base, "cuda-allocator"
-    before = _proc_status_kib("VmRSS")
-    if before is None or not _reset_rss_peak():
-        fn()
-        return None, "n/a"
+    synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
     fn()
-    peak = _proc_status_kib("VmHWM")
-    if peak is None:
-        return None, "n/a"
-    return max(0, peak - before) * 1024, "rss-growth"
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _time_copy(nbytes: int, device: torch.device, policy: TimingPolicy) -> Stats:
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return time_calls([lambda: dst.copy_(src)], device, policy)
 
 
 def measure_ceilings(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:
@@ -197,10 +174,7 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, quick: bool = Fal
     else:
         copy_bytes = (64 if quick else 256) << 20
         n = 512 if quick else 1024
-    src = torch.randn(copy_bytes // 4, device=device)
-    dst = torch.empty_like(src)
-    copy = time_calls([lambda: dst.copy_(src)], device, policy)
-    del src, dst
+    copy = _time_copy(copy_bytes, device, policy)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     mm = time_calls([lambda: a @ b], device, policy)

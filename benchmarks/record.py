@@ -39,6 +39,7 @@ ROW_FIELDS: dict[str, tuple] = {
     "repeats": (int, type(None)),
     "speedup": (float, type(None)),
     "peak_mem_bytes": (int, type(None)),
+    "mem_vs_eager": (float, type(None)),
     "bytes": (float, type(None)),
     "flops": (float, type(None)),
     "gbps": (float, type(None)),
@@ -133,13 +134,16 @@ def case_key(row: dict) -> tuple[str, str, str, str]:
 
 
 def add_speedups(rows: Iterable[dict]) -> None:
-    """speedup = median of the reference-eager row of the same case / this row's median."""
+    """speedup = median of the reference-eager row of the same case / this row's median;
+    mem_vs_eager = this row's peak memory / that of reference eager."""
     rows = list(rows)
-    base = {case_key(r)[:3]: r["median_ms"] for r in rows
-            if r["provider"] == BASELINE_PROVIDER and r["status"] == "ok"}
+    base = {case_key(r)[:3]: r for r in rows if r["provider"] == BASELINE_PROVIDER and r["status"] == "ok"}
     for r in rows:
         ref = base.get(case_key(r)[:3])
-        r["speedup"] = ref / r["median_ms"] if ref and r["status"] == "ok" and r["median_ms"] else None
+        ok = ref is not None and r["status"] == "ok"
+        r["speedup"] = ref["median_ms"] / r["median_ms"] if ok else None
+        r["mem_vs_eager"] = (r["peak_mem_bytes"] / ref["peak_mem_bytes"]
+                             if ok and r["peak_mem_bytes"] is not None and ref["peak_mem_bytes"] else None)
 
 
 def make_result(job: str, environment: dict, ceilings: Optional[dict], config: dict, timing: dict,
@@ -261,11 +265,14 @@ def format_table(result: dict) -> str:
     t = result["timing"]
     head.append(f"timing: {t.get('method')}, median of repeats after warm-up, p20-p80 in brackets; "
                 f"peak memory: {t.get('memory_method')}")
+    if env["device"] != "cuda":
+        head.append("CPU run: it shows that the harness runs, not how fast the kernels are; Triton and CUDA "
+                    "rows are not available on CPU by design. These are not GPU figures.")
     c = result["ceilings"]
     if c:
         head.append(f"ceilings measured now: copy {c['bandwidth_GBps']:.4g} GB/s, "
                     f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.4g} TFLOP/s")
-    cols = ["case", "shape", "mode", "provider", "median ms", "(p20-p80)", "vs eager", "peak MiB"]
+    cols = ["case", "shape", "mode", "provider", "median ms", "(p20-p80)", "vs eager", "peak MiB", "mem/eager"]
     if with_floors:
         cols += ["GB/s", "TFLOP/s", "roofline"]
     lines = []
@@ -273,7 +280,8 @@ def format_table(result: dict) -> str:
         if r["status"] == "ok":
             cells = [r["section"], r["shape"], r["mode"], r["provider"], _fmt(r["median_ms"], ".4g"),
                      f"({r['p20_ms']:.4g}-{r['p80_ms']:.4g})", _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
-                     _fmt(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20, ".1f")]
+                     _fmt(None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20, ".1f"),
+                     _fmt(r["mem_vs_eager"], ".2f")]
             if with_floors:
                 cells += [_fmt(r["gbps"], ".4g"), _fmt(r["tflops"], ".3g"),
                           "-" if r["roofline_fraction"] is None else f"{r['roofline_fraction']:.1%} {r['bound']}"]

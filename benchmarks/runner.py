@@ -70,8 +70,8 @@ def policy_for(device: torch.device, quick: bool) -> harness.TimingPolicy:
 def timing_record(device: torch.device, policy: harness.TimingPolicy) -> dict:
     return {
         "method": "cuda-events" if device.type == "cuda" else "wall-clock",
-        "memory_method": ("caching-allocator peak above the memory allocated before the call"
-                          if device.type == "cuda" else "growth of the peak resident set size during one call"),
+        "memory_method": ("CUDA caching-allocator peak during one call, above what was allocated before it"
+                          if device.type == "cuda" else "not measured on CPU (torch keeps no CPU allocator statistics)"),
         "warmup_s": policy.warmup_s,
         "budget_s": policy.budget_s,
         "min_repeats": policy.min_repeats,
@@ -134,7 +134,7 @@ def run_case(case: Case, provider: str, device: torch.device, policy: harness.Ti
     try:
         calls = case.build(provider)
         stats = harness.time_calls(calls, device, policy)
-        peak, _ = harness.peak_memory(calls[0], device)
+        peak = harness.peak_memory(calls[0], device)
     except (NotAvailable, K.BackendUnavailableError) as exc:
         row = record.make_row(**key, status="not available", reason=" ".join(str(exc).split()))
     except Skipped as exc:

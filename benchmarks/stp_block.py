@@ -27,7 +27,7 @@ import torch
 import aef_kernels as K
 from aef.config import PRESETS, AEFConfig
 from aef.encoder import STPBlock, STPEncoder
-from benchmarks import harness, peers, record, runner
+from benchmarks import peers, record, runner
 from benchmarks.providers import COMPILE, MODEL_PROVIDERS, Skipped, under_provider
 from benchmarks.runner import FWD, FWD_BWD, Case
 

@@ -1,8 +1,8 @@
 // Axial time attention forward: o = softmax(scale * q k^T, masked) v per sequence (one pixel and
 // head), reading q, k, v in place from their (B, T, H, W, heads, d) strides.
 //
-// A warp owns 16 queries of one sequence and walks the keys in blocks of 64 (32 at d = 128) with the
-// online softmax; for T <= 64 (d <= 64) that is a single block, so the whole 16 x T score tile stays
+// A warp owns 16 queries of one sequence and walks the keys in blocks of 64 (fewer at d = 128) with
+// the online softmax; for T <= 64 (d <= 64) that is a single block, so the whole 16 x T score tile stays
 // in registers and is normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
 // lse2 = log2(sum_j exp2(scale * log2(e) * q.k_j)), so the backward recomputes the probabilities as
 // exp2(scale * log2(e) * q.k - lse2) with no change of base. A query with no valid key gets o = 0
@@ -15,17 +15,18 @@ namespace attn {
 namespace {
 
 // Keys per block of the online softmax. 64 covers T <= 64 in one block; at d = 128 the output
-// accumulator alone takes 64 registers per lane, so blocks of 32 keep the kernel out of local memory.
-template <int D>
+// accumulator alone takes 64 registers per lane, so narrower blocks keep the kernel out of local
+// memory (float32 also holds its emulated-mma operands as 32-bit values).
+template <typename T, int D>
 __host__ __device__ constexpr int key_block() {
-  return D == 128 ? 32 : 64;
+  return D < 128 ? 64 : (sizeof(T) == 4 ? 16 : 32);
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1)
     axial_attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         T* __restrict__ o, float* __restrict__ lse, Problem p) {
-  constexpr int kKeyBlock = key_block<D>();
+  constexpr int kKeyBlock = key_block<T, D>();
   constexpr int kTiles = kKeyBlock / 8;  // score tiles of 8 keys
   constexpr int kChunks = D / 16;        // k-steps over the head dim
   constexpr int kOutTiles = D / 8;

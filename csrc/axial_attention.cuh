@@ -85,8 +85,8 @@ inline int check_args(std::initializer_list<uintptr_t> required_pointers, const 
   // Checked factor by factor so the products below cannot overflow int64.
   if (H > kMaxSequences || W > kMaxSequences || NH > kMaxSequences || H * W > kMaxSequences ||
       H * W * NH > kMaxSequences || B > kMaxSequences / (H * W * NH))
-    return kBadSize;
-  if (row_tiles(Tq) > kMaxGridY || row_tiles(T) > kMaxGridY) return kBadSize;
+    return kTooLarge;
+  if (Tq > kMaxGridY * kTileRows || T > kMaxGridY * kTileRows) return kTooLarge;  // row tiles on grid axis 1
   if (!supported_head_dim(sizes[6])) return kBadHeadDim;
   if (!valid_dtype(dtype)) return kBadDtype;
   if (q_strides.size() != 5 || k_strides.size() != 5 || v_strides.size() != 5 || mask_strides.size() != 4)

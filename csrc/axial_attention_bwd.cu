@@ -1,17 +1,17 @@
 // Axial time attention backward, deterministic: every element of dq, dk and dv has exactly one
 // writer and is summed in a fixed order, so two runs agree bit for bit (no atomics).
 //
-// Three launches on the caller's stream:
+// Launches on the caller's stream:
 //   1. delta[i] = rowsum(dO[i] * O[i]) over the contiguous output rows;
 //   2. the dq pass: a warp owns 16 queries of a sequence and walks its keys, recomputing
-//      P = exp2(scale * log2(e) * q k^T - lse2) and dS = P * (dO v^T - delta), and accumulates dq = scale * dS k;
+//      P = exp2(scale * log2(e) * q k^T - lse2) and dS = P * (dO v^T - delta), and accumulates
+//      dq = scale * dS k;
 //   3. the dk/dv pass: a warp owns 16 keys of a sequence and walks its queries, forming the same
-//      tiles transposed, and accumulates dv = P^T dO and dk = scale * dS^T q.
+//      tiles transposed, and accumulates dv = P^T dO and dk = scale * dS^T q (two launches at
+//      d = 128, one per output).
 // Passes 2 and 3 are one kernel template: with rows R and columns C, both compute R1 C1^T and
 // R2 C2^T, and both accumulate dS C1; only the roles of (q, dO) and (k, v) swap, and the dk/dv pass
 // also accumulates P C2. Padding keys are never read, and their dk, dv are written as 0.
-#include <type_traits>
-
 #include "axial_attention.cuh"
 #include "launchers.h"
 
@@ -45,8 +45,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// What a pass of the backward kernel produces. The dk/dv pass is split in two only for float32 at
-// d = 128, where its two 128-wide accumulators and the emulated products do not fit in registers.
+// What a pass of the backward kernel produces. At d = 128 the dk/dv pass is split in two: its two
+// 128-wide float32 accumulators alone would take 128 registers per lane.
 enum Pass : int { kPassDq, kPassDkDv, kPassDk, kPassDv };
 
 // Columns per block: key-row passes hold up to two D-wide accumulators, so they take narrower blocks.
@@ -245,7 +245,7 @@ cudaError_t launch_bwd(const BwdPointers& a, const Problem& p, cudaStream_t stre
   T* dv = reinterpret_cast<T*>(a.dv);
   axial_attention_bwd<T, D, kPassDq><<<query_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dq, nullptr, p);
   if (const cudaError_t err = cudaGetLastError()) return err;
-  if constexpr (std::is_same<T, float>::value && D == 128) {
+  if constexpr (D == 128) {
     axial_attention_bwd<T, D, kPassDk><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dk, nullptr, p);
     if (const cudaError_t err = cudaGetLastError()) return err;
     axial_attention_bwd<T, D, kPassDv><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, nullptr, dv, p);
@@ -283,7 +283,7 @@ int launch_axial_attention_bwd(uintptr_t grad, uintptr_t q, uintptr_t k, uintptr
     return status;
   // dO and O are read in two-element vectors; a misaligned pointer would be a sticky CUDA error.
   const uintptr_t pair = dtype == kFloat32 ? 8 : 4;
-  if (grad % pair != 0 || o % pair != 0) return kBadStride;
+  if (grad % pair != 0 || o % pair != 0) return kMisaligned;
   const attn::BwdPointers a{grad, q, k, v, o, lse, delta, dq, dk, dv};
   const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
                                     dtype == kFloat32 ? 4 : 2);

@@ -18,6 +18,8 @@ enum Status : int {
   kBadHeadDim = -6,
   kBadGroups = -7,
   kBadWorkspace = -8,
+  kTooLarge = -9,
+  kMisaligned = -10,
 };
 
 inline const char* status_string(int code) {
@@ -31,6 +33,8 @@ inline const char* status_string(int code) {
     case kBadHeadDim: return "unsupported head dim (supported: 16, 32, 64, 128)";
     case kBadGroups: return "num_groups must divide the channel count";
     case kBadWorkspace: return "workspace too small or not 8-byte aligned";
+    case kTooLarge: return "sizes exceed the kernel's index range";
+    case kMisaligned: return "data pointer not aligned for the kernel's vector accesses";
     default: return nullptr;  // not ours: a cudaError_t
   }
 }

@@ -148,19 +148,19 @@ def compile_spec(spec: AOTSpec, cc: int) -> AOTResult:
                      SHARED_LIMITS[cc], registers, spills)
 
 
-def collect_specs() -> list[AOTSpec]:
-    """The specs of every op module of the Triton backend."""
+def collect_specs(modules=None) -> list[AOTSpec]:
+    """The specs of ``modules`` (names in ``OP_MODULES``; default all of them)."""
     import importlib
 
     from . import OP_MODULES
 
     specs: list[AOTSpec] = []
-    for module in OP_MODULES:
+    for module in OP_MODULES if modules is None else modules:
         specs.extend(importlib.import_module(f"{__package__}.{module}").aot_specs())
     return specs
 
 
-def run_isolated(targets=TARGETS, timeout: float = 1800) -> list[AOTResult]:
+def run_isolated(targets=TARGETS, modules=None, timeout: float = 3600) -> list[AOTResult]:
     """Compile every spec for ``targets`` in child processes without the Triton interpreter, one per
     target, running side by side (compilation is single-threaded and CPU bound)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -173,7 +173,7 @@ def run_isolated(targets=TARGETS, timeout: float = 1800) -> list[AOTResult]:
             out = os.path.join(tmp, f"aot_{cc}.json")
             # Not ``-m``: the package imports this module before runpy would run it as __main__.
             cmd = [sys.executable, "-c", f"import sys; from {__name__} import main; main(sys.argv[1:])",
-                   "--json", out, "--cc", str(cc)]
+                   "--json", out, "--cc", str(cc)] + (["--modules", *modules] if modules else [])
             children.append((out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                    text=True)))
         for out, child in children:
@@ -188,10 +188,11 @@ def run_isolated(targets=TARGETS, timeout: float = 1800) -> list[AOTResult]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cc", type=int, nargs="+", default=list(TARGETS))
+    parser.add_argument("--modules", nargs="+", help="op modules to compile (default: all of OP_MODULES)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     results = []
-    for spec in collect_specs():
+    for spec in collect_specs(args.modules):
         for cc in args.cc:
             results.append(compile_spec(spec, cc))
             print(results[-1].row(), flush=True)

@@ -47,7 +47,7 @@ from .. import dispatch
 from ..checks import kernel_dtype_reasons
 from .aot import AOTSpec, make_spec
 from .common import device_reasons
-from .sphere import launch
+from .sphere import TL_DTYPES, launch
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Rows and columns of the score tile, which is also the longest T (and Tq) of the single-tile path.
@@ -58,7 +58,6 @@ DELTA_ROWS = 32
 # Grid axis 0 holds at most 2^31 - 1 programs; program and sequence indices are int32.
 MAX_PROGRAMS = 2**31 - 1
 LOG2E = 1.4426950408889634
-_TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # fp32 inputs keep fp32 accuracy on the tensor cores through three TF32 products per dot.
 _DOT_PRECISION = {"fp32": "tf32x3", "fp16": "tf32", "bf16": "tf32"}
 
@@ -344,7 +343,7 @@ def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     S = B * H * W * NH
     if S == 0 or Tq == 0:
         return o, lse
-    blocks = _blocks(_TL_DTYPES[q.dtype], d)
+    blocks = _blocks(TL_DTYPES[q.dtype], d)
     cfg = _config(Tq, T, blocks["BLOCK_M"])
     mask, mask_strides = _mask_args(key_padding_mask, q)
     n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
@@ -372,7 +371,7 @@ def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
     launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, BLOCK_R=DELTA_ROWS,
            BLOCK_D=d)
-    blocks = _blocks(_TL_DTYPES[q.dtype], d)
+    blocks = _blocks(TL_DTYPES[q.dtype], d)
     cfg = _config(Tq, T, blocks["BLOCK_M"])
     mask, mask_strides = _mask_args(key_padding_mask, q)
     groups = triton.cdiv(S, cfg.seqs)
@@ -402,8 +401,8 @@ axial_time_attention_fwd.register_autograd(_backward, setup_context=_setup_conte
 def _reasons(q, k, v, key_padding_mask, scale) -> list[str]:
     reasons = device_reasons(q, k, v, key_padding_mask) + kernel_dtype_reasons(q, k, v)
     B, Tq, H, W, NH, d = q.shape
-    if q.dtype in _TL_DTYPES:
-        cfg = _config(Tq, k.shape[1], TILES[_TL_DTYPES[q.dtype]])
+    if q.dtype in TL_DTYPES:
+        cfg = _config(Tq, k.shape[1], TILES[TL_DTYPES[q.dtype]])
         groups = triton.cdiv(B * H * W * NH, cfg.seqs)
         programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
         if programs > MAX_PROGRAMS:
@@ -423,7 +422,7 @@ def aot_specs() -> list[AOTSpec]:
     delta. Tile shapes are fixed; the path and the packing of sequences into a tile are runtime
     arguments, so one compiled kernel covers both paths."""
     specs = []
-    for t in _TL_DTYPES.values():
+    for t in TL_DTYPES.values():
         io = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": "*i1", "lse_ptr": "*fp32"}
         grads = {"do_ptr": f"*{t}", "delta_ptr": "*fp32", "dq_ptr": f"*{t}", "dk_ptr": f"*{t}", "dv_ptr": f"*{t}"}
         for d in HEAD_DIMS:

@@ -5,8 +5,8 @@ Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
 - ``_gn_stats_kernel``: one program per (frame, group), a chunked Welford merge in float32 giving
   mean and rstd (N, G); with APPLY it also writes the normalised (optionally GELU'd) output, which
   is the whole ``group_norm_nhwc`` forward.
-- ``_conv3x3_kernel``: implicit-GEMM 3x3 conv, pad 1. Rows are output pixels (grid axis 0, int64
-  offsets), columns output channels, and the K loop walks the 9 taps x input-channel tiles as one
+- ``_conv3x3_kernel``: implicit-GEMM 3x3 conv, pad 1. Rows are output pixels (grid axis 0; int32
+  pixel indices, int64 block base offsets), columns output channels, and the K loop walks the 9 taps x input-channel tiles as one
   flat loop so the pipeliner sees 9*Cin/BLOCK_K iterations. Optional fused prologue (GroupNorm
   affine while loading, zero padding applied after it) and epilogues (bias, GELU, GELU-backward,
   residual). It serves conv1 and conv2 forward and both data gradients (a 3x3 conv with the
@@ -19,7 +19,8 @@ Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
 
 Forward of the operator stores the GELU output h (conv2's operand, written once) and, only when a
 gradient is needed, conv1's pre-activation z1 from the same epilogue: the backward needs GELU'(z1)
-and h, and re-running conv1 would cost ~4x the time of reading z1 back (benchmarks/notes).
+and h, and re-running conv1 would cost 2-3x the time of writing and reading z1 back
+(benchmarks/notes/precision_operator.md).
 """
 
 from __future__ import annotations
@@ -513,7 +514,11 @@ def _reasons(x, *params):
 
 
 def _precision_reasons(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
-    return _reasons(x, gn_weight, gn_bias, w1, b1, w2, b2)
+    reasons = _reasons(x, gn_weight, gn_bias, w1, b1, w2, b2)
+    pixels = x.shape[0] * x.shape[1] * x.shape[2]
+    if pixels >= 2**31:
+        reasons.append(f"N*H*W = {pixels} pixels: the conv kernels index pixels in int32 (< 2^31)")
+    return reasons
 
 
 @dispatch.register("precision_operator", "triton", reasons=_precision_reasons)

@@ -66,21 +66,24 @@ def _source_index(i, INV_F, HU):
 
 
 @triton.jit
-def _bilinear_gather(u_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU, WU, COUT, INV_F):
+def _bilinear_gather(acc, u_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU, WU, COUT, INV_F):
+    """acc + bilinear x F of u (N, HU, WU, COUT) at output pixels (n, i, j); one tap at a time, each
+    folded into acc as soon as it is loaded, which keeps one tap's tile in registers."""
     y0, y1, ly = _source_index(i_idx, INV_F, HU)
     x0, x1, lx = _source_index(j_idx, INV_F, WU)
     mask = m_ok[:, None] & n_ok[None, :]
-    base = n_idx * HU
-    r0 = (base + y0) * WU
-    r1 = (base + y1) * WU
+    r0 = (n_idx * HU + y0) * WU
+    r1 = (n_idx * HU + y1) * WU
     col = offs_n[None, :]
-    v00 = tl.load(u_ptr + ((r0 + x0) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
-    v01 = tl.load(u_ptr + ((r0 + x1) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
-    v10 = tl.load(u_ptr + ((r1 + x0) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
-    v11 = tl.load(u_ptr + ((r1 + x1) * COUT)[:, None] + col, mask=mask, other=0.0).to(tl.float32)
-    lx = lx[:, None]
-    ly = ly[:, None]
-    return (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
+    acc += ((1.0 - ly) * (1.0 - lx))[:, None] * tl.load(u_ptr + ((r0 + x0) * COUT)[:, None] + col, mask=mask,
+                                                         other=0.0).to(tl.float32)
+    acc += ((1.0 - ly) * lx)[:, None] * tl.load(u_ptr + ((r0 + x1) * COUT)[:, None] + col, mask=mask,
+                                                 other=0.0).to(tl.float32)
+    acc += (ly * (1.0 - lx))[:, None] * tl.load(u_ptr + ((r1 + x0) * COUT)[:, None] + col, mask=mask,
+                                                 other=0.0).to(tl.float32)
+    acc += (ly * lx)[:, None] * tl.load(u_ptr + ((r1 + x1) * COUT)[:, None] + col, mask=mask,
+                                         other=0.0).to(tl.float32)
+    return acc
 
 
 @triton.jit
@@ -107,9 +110,9 @@ def _exchange_kernel(out_ptr, own_ptr, bias_ptr, a1_ptr, w1_ptr, a2_ptr, w2_ptr,
         acc = _s2d_gemm(acc, a2_ptr, w2_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HO, WO, CIN2, F2, COUT,
                         DOT_PREC, BLOCK_K2)
     if NUM_UP >= 1:
-        acc += _bilinear_gather(u1_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU1, WU1, COUT, INV_F1)
+        acc = _bilinear_gather(acc, u1_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU1, WU1, COUT, INV_F1)
     if NUM_UP >= 2:
-        acc += _bilinear_gather(u2_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU2, WU2, COUT, INV_F2)
+        acc = _bilinear_gather(acc, u2_ptr, n_idx, i_idx, j_idx, m_ok, offs_n, n_ok, HU2, WU2, COUT, INV_F2)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     off = offs_m[:, None] * COUT + offs_n[None, :]
@@ -241,25 +244,27 @@ def _s2d_wgrad_kernel(a_ptr, dy_ptr, dw_ptr, db_ptr, M, HO, WO, CIN, F, COUT, CH
 
 # One tile per dtype for every width: the resampling passes are as much gathers and sums as GEMMs,
 # and width-specific tiles would multiply the configurations to compile ahead of time (by 4-5 per
-# kernel) for little gain; 96- and 16-wide channels waste part of a masked tile.
+# kernel) for little gain; 96- and 16-wide channels waste part of a masked tile. Passes with
+# bilinear gathers take 32 rows: four gathered taps per output in flight spill at 64 (AOT reports).
 
-def _gemm_config(dtype: torch.dtype) -> dict:
+def _gemm_config(dtype: torch.dtype, gathers: bool) -> dict:
     wide = dtype != torch.float32
     bk = 64 if wide else 32
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=32 if gathers else 64, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=8,
+                num_stages=3 if wide else 2)
 
 
 def _dgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64 if wide else 32, num_warps=4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64 if wide else 32, num_warps=8, num_stages=3 if wide else 2)
 
 
 def _wgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=64, BLOCK_CO=64, num_warps=4, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=64, BLOCK_CO=64, num_warps=8, num_stages=3 if wide else 2)
 
 
-_ADJOINT_CONFIG = dict(BLOCK_M=32, BLOCK_C=64, num_warps=4)
+_ADJOINT_CONFIG = dict(BLOCK_M=32, BLOCK_C=64, num_warps=8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,7 +282,7 @@ def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()
     M = N * HO * WO
     # The GEMMs run in the weights' dtype (activations are cast on load).
     compute = downs[0][1].dtype if downs else dtype
-    cfg = _gemm_config(compute)
+    cfg = _gemm_config(compute, bool(ups))
     d = list(downs) + [(out, out, 1)] * (2 - len(downs))
     u = [(v, v.shape[1], v.shape[2], 1.0 / f) for v, f in ups] + [(out, 1, 1, 1.0)] * (2 - len(ups))
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
@@ -562,9 +567,9 @@ def aot_specs() -> list[AOTSpec]:
                   ("linear", f32, (p,), 0, False, True), ("linear_nobias", f32, (p,), 0, False, False),
                   ("up_dx", p, (f32,), 0, False, False), ("bwd_s", p, (f32, f32), 0, True, False),
                   ("bwd_t", p, (f32,), 0, True, False)]
-        cfg = _gemm_config(dtype)
-        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
         for name, out_ty, a_tys, nu, own, bias in passes:
+            cfg = _gemm_config(dtype, nu > 0)
+            nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
             a1, a2 = (list(a_tys) + [out_ty, out_ty])[:2]
             w1, w2 = [p if k < len(a_tys) else out_ty for k in range(2)]
             u1, u2 = [f32 if k < nu else out_ty for k in range(2)]

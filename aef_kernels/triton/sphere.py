@@ -33,7 +33,8 @@ MIN_BLOCK_D = 32
 TILE_ELEMENTS = 1024
 MAX_BLOCK_R = 32
 PARTIAL_BLOCK = 1024
-_TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Triton's name of each kernel dtype, as AOT signatures spell it.
+TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -262,7 +263,7 @@ def aot_specs() -> list[AOTSpec]:
     [MIN_BLOCK_D, MAX_D] and fixes BLOCK_R and num_warps."""
     specs = []
     block_ds = [1 << p for p in range(MIN_BLOCK_D.bit_length() - 1, MAX_D.bit_length())]
-    for torch_dtype, t in _TL_DTYPES.items():
+    for t in TL_DTYPES.values():
         for block_d in block_ds:
             block_r, _ = _row_blocks(block_d)
             blocks = {"BLOCK_R": block_r, "BLOCK_D": block_d}

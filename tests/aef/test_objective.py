@@ -146,3 +146,20 @@ def test_loss_weights_and_determinism(make_batch):
     expected = sum(w * a[k] for k, w in weights.items())
     torch.testing.assert_close(a["total"], expected)
     assert all(torch.isfinite(v) for v in a.values())
+
+
+def test_explicit_targets_for_a_custom_model():
+    """targets= carries decoded-only frames (times and masks in the shared dicts) for a model with
+    custom sources; giving an input source as a target is refused."""
+    torch.manual_seed(0)
+    model = AEF("tiny", blocks=1, input_sources={"sentinel2": 5}, decode_sources={"sentinel2": 5, "dem": 2}).train()
+    L, B = 16, 2
+    t0 = 1_700_000_000_000
+    data = {"sentinel2": torch.randn(B, 2, L, L, 5)}
+    times = {"sentinel2": torch.tensor([[t0, t0 + 30 * DAY]] * B), "dem": torch.full((B, 1), t0)}
+    periods = torch.tensor([[t0, t0 + 365 * DAY]] * B)
+    out = model(data, times, periods, targets={"dem": torch.randn(B, 1, L, L, 2)}, generator=_gen())
+    assert set(out["reconstructions"]) == {"sentinel2", "dem"} and out["reconstructions"]["dem"].shape == (B, L, L, 2)
+    assert torch.isfinite(out["losses"]["total"])
+    with pytest.raises(ValueError, match="targets: sentinel2"):
+        model(data, times, periods, targets={"sentinel2": data["sentinel2"]}, generator=_gen())

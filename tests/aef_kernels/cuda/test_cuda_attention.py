@@ -61,9 +61,10 @@ BAD = [
     (dict(sizes=_with(6, 0)), -2, "sizes must be positive"),
     (dict(sizes=SIZES[:6]), -2, "sizes must be positive"),
     # 2^31 sequences (B * H * W * heads) overflow the kernels' 32-bit sequence index.
-    (dict(sizes=[2**17, 5, 7, 2**7, 2**7, 1, 32]), -2, "sizes must be positive"),
-    # More query tiles of 16 than grid axis 1 holds.
-    (dict(sizes=_with(1, 16 * 65535 + 1)), -2, "sizes must be positive"),
+    (dict(sizes=[2**17, 5, 7, 2**7, 2**7, 1, 32]), -9, "sizes exceed the kernel's index range"),
+    # More tiles of 16 queries (or keys, for the dk/dv pass) than grid axis 1 holds.
+    (dict(sizes=_with(1, 16 * 65535 + 1)), -9, "sizes exceed the kernel's index range"),
+    (dict(sizes=_with(2, 16 * 65535 + 1)), -9, "sizes exceed the kernel's index range"),
     (dict(sizes=_with(6, 48)), -6, "unsupported head dim"),
     (dict(sizes=_with(6, 8)), -6, "unsupported head dim"),
     (dict(sizes=_with(6, 256)), -6, "unsupported head dim"),
@@ -78,7 +79,9 @@ BAD = [
 
 @pytest.mark.parametrize("pointer", ["grad", "o"])
 def test_backward_rejects_misaligned_output_gradient_or_output(pointer):
-    assert launch("bwd", **{pointer: BWD[pointer] + 2}) == -4  # float16 pairs need 4-byte alignment
+    assert launch("bwd", **{pointer: BWD[pointer] + 2}) == -10  # float16 pairs need 4-byte alignment
+    with pytest.raises(KernelLaunchError, match="not aligned"):
+        check("axial_attention_bwd", launch("bwd", **{pointer: BWD[pointer] + 2}))
 
 
 @pytest.mark.parametrize("which", ["fwd", "bwd"])
