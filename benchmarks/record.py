@@ -97,7 +97,9 @@ def environment(device: torch.device) -> dict:
                  "memory_bytes": props.total_memory}
     else:
         name = cpu_name()
-        extra = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+        # Other work on the machine distorts CPU timings; the load average at start-up says how much.
+        extra = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                 "load_average_1min": round(os.getloadavg()[0], 2)}
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "device": device.type,
@@ -266,8 +268,10 @@ def format_table(result: dict) -> str:
     head.append(f"timing: {t.get('method')}, median of repeats after warm-up, p20-p80 in brackets; "
                 f"peak memory: {t.get('memory_method')}")
     if env["device"] != "cuda":
+        load = env.get("load_average_1min")
         head.append("CPU run: it shows that the harness runs, not how fast the kernels are; Triton and CUDA "
-                    "rows are not available on CPU by design. These are not GPU figures.")
+                    "rows are not available on CPU by design. These are not GPU figures."
+                    + (f" Load average at start: {load} on {env.get('cpu_count')} CPUs." if load is not None else ""))
     c = result["ceilings"]
     if c:
         head.append(f"ceilings measured now: copy {c['bandwidth_GBps']:.4g} GB/s, "

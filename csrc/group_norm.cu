@@ -300,9 +300,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dbeta[c] = sum of d, dgamma[c] = sum of d * xhat over every (frame, chunk). A block covers 32
-// channels with 8 thread rows, each adding every 8th partial row; row 0 then adds the 8 in order.
-constexpr int kParamCols = 32;
+// dbeta[c] = sum of d, dgamma[c] = sum of d * xhat over every (frame, chunk). A block covers 8
+// channels (64-byte rows of float2) with 32 thread rows, each adding every 32nd partial row; row 0
+// then adds the 32 in order. Narrow blocks give C / 8 of them, so the model's C = 64 still spreads
+// over several SMs.
+constexpr int kParamCols = 8;
 constexpr int kParamRows = kThreads / kParamCols;
 
 __global__ void __launch_bounds__(kThreads)

@@ -261,7 +261,8 @@ def _dgrad_config(dtype: torch.dtype) -> dict:
 
 def _wgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=64, BLOCK_CO=64, num_warps=8, num_stages=3 if wide else 2)
+    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=64 if wide else 32, BLOCK_CO=64, num_warps=8,
+                num_stages=3 if wide else 2)
 
 
 _ADJOINT_CONFIG = dict(BLOCK_M=32, BLOCK_C=64, num_warps=8)
