@@ -6,8 +6,8 @@ Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
   mean and rstd (N, G); with APPLY it also writes the normalised (optionally GELU'd) output, which
   is the whole ``group_norm_nhwc`` forward.
 - ``_conv3x3_kernel``: implicit-GEMM 3x3 conv, pad 1. Rows are output pixels (grid axis 0; int32
-  pixel indices, int64 block base offsets), columns output channels, and the K loop walks the 9 taps x input-channel tiles as one
-  flat loop so the pipeliner sees 9*Cin/BLOCK_K iterations. Optional fused prologue (GroupNorm
+  pixel indices, int64 block base offsets), columns output channels, and the K loop walks the 9
+  taps x input-channel tiles as one flat loop so the pipeliner sees 9*Cin/BLOCK_K iterations. Optional fused prologue (GroupNorm
   affine while loading, zero padding applied after it) and epilogues (bias, GELU, GELU-backward,
   residual). It serves conv1 and conv2 forward and both data gradients (a 3x3 conv with the
   kernel flipped and in/out channels swapped).
@@ -614,8 +614,8 @@ def aot_specs() -> list[AOTSpec]:
                 st = "*fp32" if norm else p
                 args = [("a_ptr", p), ("w_ptr", p), ("bias_ptr", p), ("mean_ptr", st), ("rstd_ptr", st),
                         ("gamma_ptr", st), ("beta_ptr", st), ("z_ptr", p), ("res_ptr", p),
-                        ("out_ptr", out_ty), ("pre_ptr", p if pre else out_ty), ("M", "i32"), ("H", "i32"), ("W", "i32"),
-                        ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"), ("CG", "i32"), ("NORM_IN", ""),
+                        ("out_ptr", out_ty), ("pre_ptr", p if pre else out_ty), ("M", "i32"), ("H", "i32"),
+                        ("W", "i32"), ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"), ("CG", "i32"), ("NORM_IN", ""),
                         ("ONE_FRAME", ""), ("HAS_BIAS", ""), ("EPILOGUE", ""), ("STORE_PRE", ""), ("HAS_RES", ""),
                         ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
                 for one_frame in (True, False) if norm else (False,):
