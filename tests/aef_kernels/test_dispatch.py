@@ -79,8 +79,11 @@ def test_invalid_environment_variable_is_reported_at_import():
 
 
 def test_backend_without_an_implementation_is_named():
-    reasons = dispatch.not_supported_reasons("precision_operator", "cuda", None)
-    assert reasons and all(isinstance(r, str) and r for r in reasons)
+    """A backend lacking an op says so among its reasons (the exchange has no CUDA C++ kernel)."""
+    from aef_kernels.info import example_args
+
+    args = example_args("pyramid_exchange", torch.device("cpu"), torch.float32)
+    assert "no cuda implementation of pyramid_exchange" in dispatch.not_supported_reasons("pyramid_exchange", "cuda", *args)
 
 
 def test_register_rejects_unknown_names():
