@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # Run as a script: make the `benchmarks` package importable. Appended, not prepended, so an
+    # installed aef_kernels (with its compiled extension) wins over the source tree beside it.
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import torch
 

@@ -5,14 +5,20 @@ pointers, sizes, strides and the current stream. Each op module registers a
 from __future__ import annotations
 
 import importlib
+import os
 
 from .. import dispatch
 
 try:
     from .. import _C
-except ImportError as exc:
+except ImportError:
     _C = None
-    dispatch.mark_backend_unavailable("cuda", f"the extension aef_kernels._C is not built ({exc})")
+    _here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dispatch.mark_backend_unavailable(
+        "cuda",
+        f"the extension aef_kernels._C is not built in {_here} (pip install ., or python setup.py "
+        "build_ext --inplace for a source checkout)",
+    )
 else:
     if not _C.with_cuda:
         dispatch.mark_backend_unavailable("cuda", f"aef_kernels._C was built without CUDA ({_C.cuda_skip_reason})")

@@ -313,7 +313,6 @@ def test_run_case_rows_for_compile_unavailable_and_broken_providers():
 
 def test_stp_block_quick_cpu_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
     out = tmp_path / "quick.json"
     # torch.compile is left out here (its CPU compile time would dominate the suite); the test above
     # runs the compile provider.
