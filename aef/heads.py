@@ -16,12 +16,21 @@ from .encoder import Mlp
 
 
 class DepthToSpaceUpsample(nn.Module):
-    """Learned x2 upsampling: a linear map to 4 d, then depth-to-space."""
+    """Learned x2 upsampling: a linear map to 4 d, then depth-to-space.
+
+    The f*f sub-pixel maps start equal (ICNR initialisation): at initialisation the layer is a
+    linear map followed by nearest-neighbour upsampling, so it starts free of the checkerboard that
+    independently initialised sub-pixels print on the embedding field, and training separates them.
+    """
 
     def __init__(self, dim: int, factor: int = 2):
         super().__init__()
         self.factor = factor
         self.proj = nn.Linear(dim, factor * factor * dim)
+        with torch.no_grad():
+            # Output features are ordered (sub-pixel row, sub-pixel col, channel).
+            self.proj.weight.copy_(self.proj.weight[:dim].repeat(factor * factor, 1))
+            self.proj.bias.copy_(self.proj.bias[:dim].repeat(factor * factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., H, W, d) -> (..., f H, f W, d)."""

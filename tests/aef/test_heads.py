@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aef.heads import DepthToSpaceUpsample, ImplicitDecoder, TextAdapter, VMFMeanHead, sample_vmf
 
@@ -53,6 +54,18 @@ def test_depth_to_space_keeps_pixels_local():
     y[0, 3, 4].sum().backward()
     nz = (x.grad.abs().sum(-1) > 0).nonzero().tolist()
     assert nz == [[0, 1, 2]]
+
+
+def test_depth_to_space_starts_without_checkerboard():
+    """At initialisation every 2x2 output block repeats its input pixel's value (nearest-neighbour
+    upsampling of one linear map), so the embedding field shows no sub-pixel checkerboard; the
+    sub-pixel maps are separate parameters that training can still pull apart."""
+    up = DepthToSpaceUpsample(8)
+    x = torch.randn(2, 3, 4, 8)
+    y = up(x)  # (2, 6, 8, 8)
+    blocks = y.view(2, 3, 2, 4, 2, 8)
+    torch.testing.assert_close(blocks, blocks[:, :, :1, :, :1].expand_as(blocks))
+    torch.testing.assert_close(y[:, ::2, ::2], F.linear(x, up.proj.weight[:8], up.proj.bias[:8]))
 
 
 def test_vmf_head_and_text_adapter_give_unit_vectors():
