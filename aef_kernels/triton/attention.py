@@ -46,8 +46,7 @@ from torch.library import triton_op
 from .. import dispatch
 from ..checks import kernel_dtype_reasons
 from .aot import AOTSpec, make_spec
-from .common import device_reasons
-from .sphere import TL_DTYPES, launch
+from .common import TL_DTYPES, device_reasons, launch
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Rows and columns of the score tile, which is also the longest T (and Tq) of the single-tile path.

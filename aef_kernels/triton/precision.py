@@ -32,7 +32,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import checks, dispatch
 from .aot import AOTSpec
-from .common import device_reasons
+from .common import TL_DTYPES, device_reasons
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -40,7 +40,6 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 # Epilogue modes of _conv3x3_kernel.
 EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
 
-_TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
@@ -577,7 +576,7 @@ def aot_specs() -> list[AOTSpec]:
     def add(name, kernel, args, constexprs, num_warps, num_stages):
         specs.append(AOTSpec(name, kernel, _sig(args, constexprs), constexprs, num_warps, num_stages))
 
-    for dtype, ty in _TL_DTYPES.items():
+    for dtype, ty in TL_DTYPES.items():
         p = f"*{ty}"
         for c in PRESET_CHANNELS:
             cg = c // _groups(c)

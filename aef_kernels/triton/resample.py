@@ -30,8 +30,8 @@ from .. import checks, dispatch
 from ..functional import ExchangeParams
 from ..reference.resample import _cast
 from .aot import AOTSpec
-from .common import device_reasons
-from .precision import _TL_DTYPES, _dot_prec, _wgrad_split
+from .common import TL_DTYPES, device_reasons
+from .precision import _dot_prec, _wgrad_split
 
 
 @triton.jit
@@ -375,20 +375,25 @@ def _down_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: i
     return dx, dw, db.to(weight.dtype)
 
 
-def _down_setup(ctx, inputs, output):
+def _resample_setup(ctx, inputs, output):
     x, weight, bias, factor = inputs
     ctx.factor = factor
     ctx.has_bias = bias is not None
     ctx.save_for_backward(x, weight)
 
 
-def _down_backward(ctx, dy):
-    x, weight = ctx.saved_tensors
-    dx, dw, db = _down_bwd(dy.contiguous(), x, weight, ctx.factor)
-    return dx, dw, db if ctx.has_bias else None, None
+def _resample_backward(bwd):
+    """Autograd backward of a resampling op (x, weight, bias, factor) whose gradients ``bwd`` gives."""
+
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dw, db = bwd(dy.contiguous(), x, weight, ctx.factor)
+        return dx, dw, db if ctx.has_bias else None, None
+
+    return backward
 
 
-_down_fwd.register_autograd(_down_backward, setup_context=_down_setup)
+_down_fwd.register_autograd(_resample_backward(_down_bwd), setup_context=_resample_setup)
 
 
 @triton_op("aef_kernels::resample_up_fwd", mutates_args=())
@@ -409,20 +414,7 @@ def _up_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
     return dx, dw, db.to(weight.dtype)
 
 
-def _up_setup(ctx, inputs, output):
-    x, weight, bias, factor = inputs
-    ctx.factor = factor
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, weight)
-
-
-def _up_backward(ctx, dy):
-    x, weight = ctx.saved_tensors
-    dx, dw, db = _up_bwd(dy.contiguous(), x, weight, ctx.factor)
-    return dx, dw, db if ctx.has_bias else None, None
-
-
-_up_fwd.register_autograd(_up_backward, setup_context=_up_setup)
+_up_fwd.register_autograd(_resample_backward(_up_bwd), setup_context=_resample_setup)
 
 
 def _sum_bias(*biases):
@@ -555,7 +547,7 @@ def aot_specs() -> list[AOTSpec]:
 
     f32 = "*fp32"
     specs = []
-    for dtype, ty in _TL_DTYPES.items():
+    for dtype, ty in TL_DTYPES.items():
         p = f"*{ty}"
         # (name, out type, types of the down inputs, num_up, own, bias): down-sampling, the up-sampling
         # gather, the three exchange sums, the 1x1 maps at low resolution (float32 out), the

@@ -17,13 +17,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
-from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op
 
 from .. import dispatch
 from ..checks import kernel_dtype_reasons
 from .aot import AOTSpec
-from .common import INTERPRET, device_reasons
+from .common import TL_DTYPES, device_reasons, launch
 
 # Rows longer than this would need a multi-pass loop over D; the model's embeddings are 64 wide.
 MAX_D = 2048
@@ -34,21 +33,6 @@ TILE_ELEMENTS = 1024
 MAX_BLOCK_R = 32
 PARTIAL_BLOCK = 1024
 # Triton's name of each kernel dtype, as AOT signatures spell it.
-TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def launch(kernel, grid, *args, **kwargs) -> None:
-    """Launch ``kernel`` through ``wrap_triton`` so tracing and fake tensors see it.
-
-    Under the interpreter ``wrap_triton`` hands back the raw kernel, which would dereference the
-    fake tensors of a fake-mode run (opcheck, meta propagation); there the output allocation alone
-    is the fake implementation, so the launch is skipped.
-    """
-    if INTERPRET and any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
-        return
-    wrap_triton(kernel)[grid](*args, **kwargs)
-
-
 def _row_blocks(D: int) -> tuple[int, int]:
     block_d = max(MIN_BLOCK_D, triton.next_power_of_2(D))
     return max(1, min(MAX_BLOCK_R, TILE_ELEMENTS // block_d)), block_d
