@@ -142,6 +142,20 @@ def _device(name: Optional[str]):
     return device
 
 
+def _check_config(args, default_preset: Optional[str]) -> None:
+    """Build the config of --preset and --override now, so that a bad field is reported before any
+    work, as a one-line error naming the field (type errors included)."""
+    from .config import AEFConfig
+
+    preset = args.preset or default_preset
+    if preset is None:
+        return
+    try:
+        AEFConfig.from_preset(preset, **args.override)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--override: {e}" if args.override else str(e)) from None
+
+
 def _embed_model(args, device):
     import torch
 
@@ -224,6 +238,7 @@ def cmd_show(args) -> int:
 def cmd_train(args) -> int:
     from .train import train
 
+    _check_config(args, "small")
     train(args)
     return 0
 
