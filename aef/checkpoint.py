@@ -8,11 +8,18 @@ so it loads with ``torch.load(weights_only=True)``: loading a checkpoint never r
 A checkpoint is written into a temporary folder and renamed into place when complete; renaming is
 atomic, so every ``step-*`` folder is complete and a crash leaves at most a ``*.tmp-*`` folder,
 which is ignored (and removed by the next save).
+
+``config.json`` also holds ``weights_sha256``, the digest of the saved tensors (:func:`weights_digest`);
+loading recomputes it and refuses weights that do not match (bit rot, a partial copy, a file swapped
+by hand). ``verify_weights=False`` (``aef embed --no-verify-weights``) skips the check for weights
+edited on purpose; a config without the key (written by hand) loads unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
 import re
 import shutil
@@ -25,10 +32,22 @@ import torch
 STATE_FILE = "state.pt"
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
+WEIGHTS_HASH_KEY = "weights_sha256"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or corrupt, with a message that says which file."""
+
+
+def weights_digest(state_dict) -> str:
+    """sha256 hex digest of a state dict's names, dtypes, shapes and raw bytes, in name order, so it
+    depends only on the tensors, not on how a file lays them out."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -118,8 +137,9 @@ def resolve(path) -> Path:
     return path
 
 
-def load_model(path, device="cpu", backend: Optional[str] = "auto"):
-    """Load an :class:`aef.models.AEF` from a checkpoint, with clear errors for missing or corrupt files."""
+def load_model(path, device="cpu", backend: Optional[str] = "auto", verify_weights: bool = True):
+    """Load an :class:`aef.models.AEF` from a checkpoint, with clear errors for missing or corrupt files
+    (and for weights that do not match their stored hash, unless ``verify_weights`` is False)."""
     from aef_kernels import dispatch
 
     from .models import AEF
@@ -127,7 +147,9 @@ def load_model(path, device="cpu", backend: Optional[str] = "auto"):
     dispatch.requested_backend(backend)  # a bad name is the caller's error, not a damaged checkpoint
     folder = resolve(path)
     try:
-        model = AEF.from_pretrained(folder, backend=backend)
+        model = AEF.from_pretrained(folder, backend=backend, verify_weights=verify_weights)
+    except CheckpointError:
+        raise
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder}: incomplete checkpoint, {Path(e.filename or str(e)).name} is missing") from None
     except Exception as e:  # noqa: BLE001 - any failure to parse stored files means a damaged checkpoint
@@ -143,6 +165,10 @@ def load_state(folder) -> dict:
         raise CheckpointError(f"{folder}: incomplete checkpoint, {STATE_FILE} is missing")
     try:
         state = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, i.e. running whatever code the file holds.
+        raise CheckpointError(f"{f}: not a training state this version of aef wrote (it holds objects other "
+                              "than tensors and plain values, which are never unpickled)") from None
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean a damaged file
         raise CheckpointError(f"{f}: corrupt or truncated ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "step" not in state:

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True, help="output GeoTIFF")
     e.add_argument("--checkpoint", type=Path,
                    help="model: a run folder, a checkpoints/step-* folder or a save_pretrained folder")
+    e.add_argument("--no-verify-weights", action="store_true",
+                   help="load --checkpoint weights even when they differ from the sha256 digest in its "
+                        "config.json (for weights edited by hand)")
     e.add_argument("--period", nargs=2, metavar=("START", "END"),
                    help="summary period [START, END) in ISO 8601 (default: the calendar year of the data)")
     e.add_argument("--dtype", choices=["int8", "float32"], default="int8",
@@ -163,7 +166,7 @@ def _embed_model(args, device):
     from .models import AEF
 
     if args.checkpoint is not None:
-        model = load_model(args.checkpoint, device, args.backend)
+        model = load_model(args.checkpoint, device, args.backend, verify_weights=not args.no_verify_weights)
     elif args.preset is not None:
         print(f"aef embed: no --checkpoint, using preset {args.preset!r} with random weights (seed "
               f"{args.seed}); the embeddings carry no meaning", file=sys.stderr)

@@ -182,15 +182,31 @@ class AEF(nn.Module):
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_FILE))
+        config = {**self.config.to_dict(), WEIGHTS_HASH_KEY: weights_digest(state)}
+        (d / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
     @classmethod
-    def from_pretrained(cls, directory: Union[str, os.PathLike], backend: Optional[str] = "auto") -> "AEF":
+    def from_pretrained(cls, directory: Union[str, os.PathLike], backend: Optional[str] = "auto",
+                        verify_weights: bool = True) -> "AEF":
+        """The model of a ``save_pretrained`` folder; its weights must match the sha256 digest stored in
+        the config (:class:`aef.checkpoint.CheckpointError` otherwise) unless ``verify_weights`` is False."""
         from safetensors.torch import load_file
 
         d = Path(directory)
-        config = AEFConfig.from_dict(json.loads((d / CONFIG_FILE).read_text()))
+        stored = json.loads((d / CONFIG_FILE).read_text())
+        expected = stored.pop(WEIGHTS_HASH_KEY, None) if isinstance(stored, dict) else None
+        config = AEFConfig.from_dict(stored)
+        state = load_file(str(d / WEIGHTS_FILE))
+        if verify_weights and expected is not None and weights_digest(state) != expected:
+            raise CheckpointError(f"{d / WEIGHTS_FILE}: the weights do not match the sha256 digest stored in "
+                                  f"{CONFIG_FILE}; the file is damaged or was replaced (for weights edited on "
+                                  "purpose, load with verify_weights=False, aef: --no-verify-weights)")
         model = cls.from_config(config, backend=backend)
-        model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+        model.load_state_dict(state)
         return model
+        from .checkpoint import WEIGHTS_HASH_KEY, weights_digest
+
+        from .checkpoint import WEIGHTS_HASH_KEY, CheckpointError, weights_digest
+
