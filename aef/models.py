@@ -180,6 +180,8 @@ class AEF(nn.Module):
         """Weights as safetensors and the config as JSON, side by side in ``directory``."""
         from safetensors.torch import save_file
 
+        from .checkpoint import WEIGHTS_HASH_KEY, weights_digest
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -194,6 +196,8 @@ class AEF(nn.Module):
         the config (:class:`aef.checkpoint.CheckpointError` otherwise) unless ``verify_weights`` is False."""
         from safetensors.torch import load_file
 
+        from .checkpoint import WEIGHTS_HASH_KEY, CheckpointError, weights_digest
+
         d = Path(directory)
         stored = json.loads((d / CONFIG_FILE).read_text())
         expected = stored.pop(WEIGHTS_HASH_KEY, None) if isinstance(stored, dict) else None
@@ -206,7 +210,3 @@ class AEF(nn.Module):
         model = cls.from_config(config, backend=backend)
         model.load_state_dict(state)
         return model
-        from .checkpoint import WEIGHTS_HASH_KEY, weights_digest
-
-        from .checkpoint import WEIGHTS_HASH_KEY, CheckpointError, weights_digest
-
