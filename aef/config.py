@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .sources import INPUT_SOURCES, REGISTRY, TARGET_SOURCES
 
@@ -72,6 +73,8 @@ class AEFConfig:
     input_sources: dict[str, int] = field(default_factory=lambda: _channels(INPUT_SOURCES))
     decode_sources: dict[str, int] = field(default_factory=lambda: _channels(TARGET_SOURCES))
     norm_eps: float = 1e-5
+    # Per-source input statistics (aef.preprocess.Statistics.to_dict()); None: inputs are model values.
+    statistics: Optional[dict] = None
     # Loss weights: loss = a * mean_i(w_i f_i) + b * uniformity + c * consistency + d * clip.
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"reconstruction": 1.0, "uniformity": 0.05, "consistency": 0.02, "clip": 0.001}
@@ -115,6 +118,10 @@ class AEFConfig:
         for k, v in w.items():
             if not _is_real(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"AEFConfig.loss_weights[{k!r}]: expected a finite number >= 0, got {v!r}")
+        if self.statistics is not None:
+            from .preprocess import Statistics
+
+            Statistics.from_dict(self.statistics, "AEFConfig.statistics")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "AEFConfig":

@@ -28,6 +28,8 @@ class Inputs:
     masks: dict[str, torch.Tensor]  # name -> (B, N_i, L, L) bool, True = valid
     batch_size: int
     side: int
+    # name -> (B, N_i, L, L, C_i) bool: per-band validity; a pixel is valid where any band is.
+    band_valid: dict[str, torch.Tensor]
 
 
 def prepare_periods(valid_periods: PeriodsLike, batch_size: int, device=None) -> tuple[torch.Tensor, bool]:
@@ -67,6 +69,10 @@ def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[
     """Validate the per-source dicts of the sources in ``specs`` (name -> Source, default: the
     registry's input sources) and expand every mask to pixel masks (B, N_i, L, L).
 
+    A mask may be per frame (B, N_i), per pixel (B, N_i, L, L) or per band (B, N_i, L, L, C_i).
+    Validity is kept per band: a band is valid where its mask is True and its value finite, and a
+    pixel is valid where any of its bands is, so a missing band never voids the others.
+
     Other names of ``known`` (e.g. the model's decoded sources) are accepted and ignored; any other
     name is an error.
     """
@@ -85,7 +91,7 @@ def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[
         raise ValueError(f"source_data: expected at least one input source ({', '.join(specs)}), "
                          f"got {', '.join(source_data) or 'none'}")
     B = side = None
-    data, times, pmasks = {}, {}, {}
+    data, times, pmasks, bands = {}, {}, {}, {}
     for name in names:
         x = source_data[name]
         src = specs[name]
@@ -117,8 +123,12 @@ def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[
                 raise TypeError(f"masks[{name!r}]: expected a bool tensor (True = valid)")
             if tuple(m.shape) == (B, N):
                 m = m[:, :, None, None].expand(B, N, side, side)
-            elif tuple(m.shape) != (B, N, side, side):
-                raise ValueError(f"masks[{name!r}]: expected shape (B, N) = ({B}, {N}) or (B, N, L, L) = "
-                                 f"({B}, {N}, {side}, {side}), got {tuple(m.shape)}")
-        data[name], times[name], pmasks[name] = x, t.to(x.device), m.to(x.device)
-    return Inputs(names, data, times, pmasks, B, side)
+            elif tuple(m.shape) not in ((B, N, side, side), (B, N, side, side, src.channels)):
+                raise ValueError(f"masks[{name!r}]: expected shape (B, N) = ({B}, {N}), (B, N, L, L) = "
+                                 f"({B}, {N}, {side}, {side}) or (B, N, L, L, C) = ({B}, {N}, {side}, {side}, "
+                                 f"{src.channels}), got {tuple(m.shape)}")
+        m = m.to(x.device)
+        band = (m if m.dim() == 5 else m[..., None]) & torch.isfinite(x)
+        data[name], times[name], bands[name] = x, t.to(x.device), band
+        pmasks[name] = band.any(dim=-1)
+    return Inputs(names, data, times, pmasks, B, side, bands)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from aef_kernels import dispatch as _dispatch
 
+from . import preprocess as _pre
 from . import sources as _sources
 from .config import AEFConfig
 from .encoder import STPEncoder
@@ -81,6 +82,10 @@ class AEF(nn.Module):
         self.backend = None if backend in (None, "auto") else backend
         self.input_specs = {n: _sources.spec(n, k, "input") for n, k in c.input_sources.items()}
         self.decode_specs = {n: _sources.spec(n, k, "target") for n, k in c.decode_sources.items()}
+        # Checked against each source when it is used: a model may be given statistics of the
+        # sources it will see only.
+        self.statistics = None if c.statistics is None else _pre.Statistics.from_dict(c.statistics,
+                                                                                       "AEFConfig.statistics")
         self.projectors = SourceProjectors(c)
         self.encoder = STPEncoder(c, self.backend)
         self.summarizer = Summarizer(c, self.backend)
@@ -108,13 +113,21 @@ class AEF(nn.Module):
         c = self.config
         return period_timecode(periods, c.timecode_periods, c.timecode_min_days, c.timecode_max_days)
 
+    def preprocess(self, inputs, specs: Mapping[str, _sources.Source]):
+        """Raw values -> model values (:mod:`aef.preprocess`) with this model's statistics."""
+        return _pre.preprocess_inputs(inputs, specs, self.statistics)
+
     def encode(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
-               masks: Optional[Mapping[str, torch.Tensor]] = None) -> Encoded:
-        """Per source (B, N_i, L, L, C_i) data, (B, N_i) epoch-ms times, optional (B, N_i[, L, L]) masks.
+               masks: Optional[Mapping[str, torch.Tensor]] = None, transformed: bool = False) -> Encoded:
+        """Per source (B, N_i, L, L, C_i) raw data, (B, N_i) epoch-ms times, optional (B, N_i),
+        (B, N_i, L, L) or per-band (B, N_i, L, L, C_i) masks. ``transformed``: the data are model
+        values already (as :func:`aef.objective.pretraining_step` passes them).
 
         Decoded-only sources in the dicts are ignored here.
         """
         inputs = prepare_inputs(source_data, timestamps, masks, self.input_specs, known=tuple(self.decode_specs))
+        if not transformed:
+            inputs = self.preprocess(inputs, self.input_specs)
         x_p0, times, mask = self.projectors(inputs)  # (B, T, L/2, L/2, d_p), (B, T), (B, T, L/2, L/2)
         frame_tc = self.timecode(times)  # (B, T, tc)
         return Encoded(self.encoder(x_p0, frame_tc, mask), frame_tc, mask)
@@ -163,14 +176,17 @@ class AEF(nn.Module):
         return sample_vmf(mu, self.config.kappa, generator) if self.training else mu
 
     def decode(self, source: str, z: torch.Tensor, target_time: torch.Tensor, period: torch.Tensor,
-               metadata: Optional[torch.Tensor] = None) -> torch.Tensor:
+               metadata: Optional[torch.Tensor] = None, physical: bool = False) -> torch.Tensor:
         """z (B, L, L, e), target_time (B,) and period (B, 2) in epoch ms, metadata (B, m) or None ->
-        (B, L, L, C) values (or logits for a categorical source)."""
+        (B, L, L, C) values (or logits for a categorical source), in model space (what the loss
+        compares), or with ``physical`` in the source's units (the transform inverted)."""
         if source not in self.decoders:
             raise ValueError(f"decode: no decoder for {source!r} (decoded sources: {', '.join(self.decoders)})")
         check_epoch_ms("target_time", target_time)
         code = fraction_code(position_in_period(target_time, period), self.config.decoder_time_freqs)
-        return self.decoders[source](z, code, metadata)
+        y = self.decoders[source](z, code, metadata)
+        spec = self.decode_specs[source]
+        return _pre.invert(y, spec, self.statistics) if physical and spec.loss != "ce" else y
 
     def embed_text(self, text: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
         """Precomputed text vectors (B, text_dim) for periods (B, 2) -> (B, e) unit vectors."""

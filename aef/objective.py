@@ -232,7 +232,9 @@ def pretraining_step(model, source_data, timestamps, valid_periods, masks=None, 
     it in that term); the teacher is trained by reconstruction, uniformity and CLIP.
     """
     cfg = model.config
-    inputs = prepare_inputs(source_data, timestamps, masks, model.input_specs, known=tuple(model.decode_specs))
+    # Inputs and targets become model values once, here; the loss compares model values.
+    inputs = model.preprocess(prepare_inputs(source_data, timestamps, masks, model.input_specs,
+                                             known=tuple(model.decode_specs)), model.input_specs)
     B, L = inputs.batch_size, inputs.side
     overlap = sorted(set(targets or {}) & set(inputs.names))
     if overlap:
@@ -240,7 +242,8 @@ def pretraining_step(model, source_data, timestamps, valid_periods, masks=None, 
                          "reconstructed from its own frames (the target frame is masked out of the input)")
     frames = {n: source_data[n] for n in source_data if n in model.decode_specs and n not in inputs.names}
     frames.update(targets or {})
-    target_inputs = (prepare_inputs(frames, timestamps, masks, model.decode_specs, known=tuple(model.input_specs))
+    target_inputs = (model.preprocess(prepare_inputs(frames, timestamps, masks, model.decode_specs,
+                                                     known=tuple(model.input_specs)), model.decode_specs)
                      if frames else None)
     if target_inputs is not None and (target_inputs.batch_size, target_inputs.side) != (B, L):
         raise ValueError(f"targets: expected batch size {B} and patch side {L} like the inputs, got "
@@ -259,7 +262,7 @@ def pretraining_step(model, source_data, timestamps, valid_periods, masks=None, 
     names_in = inputs.names
     encoded = model.encode({n: both(inputs.data[n], inputs.data[n]) for n in names_in},
                            {n: both(inputs.timestamps[n], inputs.timestamps[n]) for n in names_in},
-                           {n: both(sel.teacher_masks[n], pert.masks[n]) for n in names_in})
+                           {n: both(sel.teacher_masks[n], pert.masks[n]) for n in names_in}, transformed=True)
     teacher, student = encoded[:B], encoded[B:]
 
     periods, single = prepare_periods(valid_periods, B, encoded.fused.device)

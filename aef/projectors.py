@@ -23,9 +23,11 @@ class SourceProjector(nn.Module):
         nn.init.normal_(self.embedding, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, L, L, C) with NaN/garbage where invalid; mask: (B, N, L, L) bool -> (B, N, L/2, L/2, d_p)."""
+        """x: (B, N, L, L, C) with NaN/garbage where invalid; mask: (B, N, L, L) per pixel or
+        (B, N, L, L, C) per band, bool -> (B, N, L/2, L/2, d_p). An invalid band enters as 0, the
+        band's mean in model space, and leaves the pixel's other bands as they are."""
         B, N, L, _, C = x.shape
-        keep = mask[..., None] & torch.isfinite(x)
+        keep = (mask if mask.dim() == x.dim() else mask[..., None]) & torch.isfinite(x)
         # torch.where, never multiplication: NaN * 0 is NaN.
         x = torch.where(keep, x, x.new_zeros(()))
         y = K.resample_down(x.reshape(B * N, L, L, C), self.weight, self.bias, 2)  # (B*N, L/2, L/2, d_p)
@@ -58,7 +60,7 @@ class SourceProjectors(nn.Module):
                 raise ValueError(f"source_data[{name!r}]: this model has no projector for it "
                                  f"(input sources: {', '.join(self.proj)})")
             m = inputs.masks[name]
-            xs.append(self.proj[name](inputs.data[name], m))
+            xs.append(self.proj[name](inputs.data[name], inputs.band_valid[name]))
             t = inputs.timestamps[name].to(torch.float64)
             frame_valid = m.flatten(2).any(dim=2)  # (B, N)
             ts.append(torch.where(frame_valid & torch.isfinite(t), t, t.new_zeros(())))

@@ -21,6 +21,8 @@ class Source:
     shift: int = 0
     # A static source (DEM) has no meaningful time; its frames still carry a timestamp.
     static: bool = False
+    # Preprocessing of the raw values (aef.preprocess): "optical", "sar" or "none".
+    transform: str = "none"
 
     @property
     def channels(self) -> int:
@@ -34,10 +36,13 @@ def _stats(*names: str) -> tuple[str, ...]:
 REGISTRY: dict[str, Source] = {
     s.name: s
     for s in (
-        Source("sentinel2", ("B2", "B3", "B4", "B8", "B11"), is_input=True, is_target=True),
-        Source("landsat", ("B2", "B3", "B4", "B5", "B6", "B8", "B10"), is_input=True, is_target=True),
-        Source("sentinel1", ("VV", "VH", "HH", "HV", "angle"), is_input=True, is_target=True, metadata_size=2),
-        Source("palsar2", ("HH", "HV", "angle"), is_input=False, is_target=True, metadata_size=2),
+        Source("sentinel2", ("B2", "B3", "B4", "B8", "B11"), is_input=True, is_target=True, transform="optical"),
+        Source("landsat", ("B2", "B3", "B4", "B5", "B6", "B8", "B10"), is_input=True, is_target=True,
+               transform="optical"),
+        Source("sentinel1", ("VV", "VH", "HH", "HV", "angle"), is_input=True, is_target=True, metadata_size=2,
+               transform="sar"),
+        Source("palsar2", ("HH", "HV", "angle"), is_input=False, is_target=True, metadata_size=2,
+               transform="sar"),
         Source("glo30", ("elevation", "slope", "sin_aspect", "cos_aspect"), is_input=False, is_target=True,
                static=True),
         Source("gedi", tuple(f"RH{i}" for i in range(101)), is_input=False, is_target=True),
@@ -55,15 +60,16 @@ TARGET_SOURCES: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.is_t
 
 def spec(name: str, channels: int, role: str) -> Source:
     """The model's view of a source with ``channels`` channels: the registry row when the counts
-    agree; a registry row with generic band names when they differ; a plain L1 source (weight 1,
-    no metadata) for a name outside the registry. ``role`` is "input" or "target"."""
+    agree; a registry row with generic band names (and no preprocessing, since the bands are no
+    longer known) when they differ; a plain L1 source (weight 1, no metadata) for a name outside the
+    registry. ``role`` is "input" or "target"."""
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
         raise ValueError(f"{role} source {name!r}: expected a positive channel count, got {channels!r}")
     bands = tuple(f"band{i}" for i in range(channels))
     row = REGISTRY.get(name)
     if row is None:
         return Source(name, bands, is_input=role == "input", is_target=role == "target")
-    return row if row.channels == channels else replace(row, bands=bands)
+    return row if row.channels == channels else replace(row, bands=bands, transform="none")
 
 
 def get(name: str) -> Source:
