@@ -1,0 +1,3 @@
+// The emulator stands in for the CUDA header of this name.
+#pragma once
+#include "aef_emu.h"
