@@ -18,10 +18,13 @@
 from __future__ import annotations
 
 import csv
+import gc
 import math
 import os
 import sys
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -234,14 +237,43 @@ def _reduce_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
     return values
 
 
+def shutdown_distributed(d: Dist) -> None:
+    """Destroy the process group once every DistributedDataParallel wrapper of this process is gone.
+
+    A DDP reducer holds a reference to the process group. When it holds the last one, the gloo
+    group's destructor runs inside the reducer's deallocation, which keeps the interpreter lock, and
+    joins gloo's worker threads; a worker still releasing a finished all-reduce needs that lock for
+    the work's Python state, so the process never exits (seen under machine load). Freeing the
+    wrappers first leaves destroy_process_group with the last reference, and it drops it without the
+    lock.
+    """
+    if d.world > 1 and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device: Optional[str] = None) -> Iterator[Dist]:
+    """``setup_distributed`` for the body of a with block, ``shutdown_distributed`` after it.
+
+    The body must keep its DDP wrappers in functions it calls, not in its own locals, so that they
+    are freed when those return. When the body raises, the traceback keeps the frames of the failed
+    calls and so the wrappers; their locals are cleared before the group is destroyed.
+    """
+    d = setup_distributed(device)
+    try:
+        yield d
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        shutdown_distributed(d)
+
+
 def train(args) -> Optional[dict]:
     """Run ``aef train`` with the parsed arguments; returns rank 0's last metrics row."""
-    d = setup_distributed(args.device)
-    try:
+    with distributed(args.device) as d:
         return _train(args, d)
-    finally:
-        if d.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _train(args, d: Dist) -> Optional[dict]:
@@ -357,7 +389,38 @@ def _train(args, d: Dist) -> Optional[dict]:
         bar.close()
         if log is not None:
             log.close()
+    if d.main and start < stop < args.steps:
+        print(f"aef train: stopped after step {stop} of {args.steps}, as --stop-after asked; checkpoint "
+              f"{ckpt.latest_checkpoint(run_dir)}. Continue with"
+              + (" (under torchrun, as this run was started)" if d.world > 1 else "")
+              + f":\n  {resume_command(args)}", file=sys.stderr)
     return last_row
+
+
+def resume_command(args) -> str:
+    """The ``aef train`` command line that continues this run: its options that differ from the
+    defaults, with --resume and without --stop-after."""
+    import json
+    import shlex
+
+    from .cli import build_parser
+
+    defaults = vars(build_parser().parse_args(["train", "--run-dir", str(args.run_dir)]))
+    words = ["aef", "train", "--run-dir", str(args.run_dir), "--resume"]
+    for key, default in defaults.items():
+        value = getattr(args, key, default)
+        if key in ("command", "debug", "run_dir", "resume", "stop_after") or value == default:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif key == "frames":
+            words += [flag, ",".join(f"{name}={n}" for name, n in value.items())]
+        elif isinstance(value, dict):
+            words += [flag, json.dumps(value, separators=(",", ":"))]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def _save(run_dir, step, model, optimizer, scheduler, args, d: Dist) -> None:

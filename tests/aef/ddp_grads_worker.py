@@ -13,13 +13,12 @@ import torch
 
 from aef.data import SyntheticDataset, collate
 from aef.models import AEF
-from aef.train import StepBatches, sample_periods, setup_distributed, wrap_ddp
+from aef.train import Dist, StepBatches, distributed, sample_periods, wrap_ddp
 
 GLOBAL_BATCH = 4
 
 
-def main(out: str) -> None:
-    d = setup_distributed("cpu")
+def save_step_gradients(d: Dist, out: str) -> None:
     torch.manual_seed(0)
     model = AEF("tiny").train()
     module = wrap_ddp(model, d)
@@ -32,8 +31,13 @@ def main(out: str) -> None:
     loss.backward()
     if d.rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
-    if d.world > 1:
-        torch.distributed.destroy_process_group()
+
+
+def main(out: str) -> None:
+    # The DDP wrapper lives in the function below, as in aef train, so it is gone before the process
+    # group is destroyed (aef.train.shutdown_distributed says why that order matters).
+    with distributed("cpu") as d:
+        save_step_gradients(d, out)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 """aef train: the loop, checkpoints and resume, DDP, and clear errors for damaged checkpoints."""
 
+import argparse
 import os
 import re
+import shlex
 import shutil
-import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
+import subprocess_helpers
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
 from aef.checkpoint import STATE_FILE, latest_checkpoint, list_checkpoints, load_state
+from aef import train as train_module
 from aef.cli import main
 from aef.data import SyntheticDataset, collate
 from aef.models import AEF
@@ -44,11 +49,15 @@ def straight(tmp_path_factory):
 
 def test_resume_gives_the_same_weights_as_a_straight_run(straight, tmp_path, capsys):
     """2 steps, a stop, and 2 resumed steps give bitwise the same weights and optimizer state as 4
-    steps straight, and the metrics file holds each step once."""
+    steps straight, and the metrics file holds each step once. The stop says so, at which step, and
+    prints the command that resumes; that command is the one run here."""
     run = tmp_path / "resumed"
-    _train(capsys, run, "--synthetic", "4", "--steps", "4", "--checkpoint-every", "2", "--stop-after", "2")
+    err = _train(capsys, run, "--synthetic", "4", "--steps", "4", "--checkpoint-every", "2", "--stop-after", "2")
     assert [s for s, _ in list_checkpoints(run)] == [2]
-    _train(capsys, run, "--synthetic", "4", "--steps", "4", "--checkpoint-every", "2", "--resume")
+    assert "stopped after step 2 of 4, as --stop-after asked" in err and str(latest_checkpoint(run)) in err, err
+    command = shlex.split(err.strip().splitlines()[-1])
+    assert command[:2] == ["aef", "train"] and "--resume" in command and "--stop-after" not in command
+    assert main(command[1:]) == 0, capsys.readouterr().err
     want, got = _weights(latest_checkpoint(straight)), _weights(latest_checkpoint(run))
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
@@ -211,11 +220,50 @@ def test_torchrun_two_gloo_processes_average_to_the_full_batch_gradient(tmp_path
         env.pop(k, None)
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     # Generous limits: three interpreters importing torch on a loaded 2-core machine are slow to start.
-    subprocess.run([sys.executable, str(worker), str(one)], env=env, check=True, timeout=600)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(worker), str(two)], env=env, capture_output=True, text=True, timeout=600)
+    subprocess_helpers.run([sys.executable, str(worker), str(one)], env=env, check=True, timeout=600)
+    run = subprocess_helpers.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                  "2", str(worker), str(two)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("step_raises", [False, True], ids=["returns", "raises"])
+def test_process_group_is_destroyed_after_the_ddp_wrapper_is_freed(monkeypatch, step_raises):
+    """When aef train destroys its process group, no DDP wrapper of the run is alive, also when a
+    step raised and its traceback keeps the training frames: a reducer left holding the last
+    reference to a gloo group destroys it with the interpreter lock held, which can hang the
+    process at exit."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    wrappers, alive_at_destroy = [], []
+    real_destroy = dist.destroy_process_group
+
+    def fake_train(args, d):
+        module = train_module.wrap_ddp(torch.nn.Linear(4, 2), d)
+        wrappers.append(weakref.ref(module))
+        module(torch.randn(3, 4)).sum().backward()
+        if step_raises:
+            raise FloatingPointError("the loss is not finite")
+        return {"step": 1}
+
+    def destroy(*a, **k):
+        alive_at_destroy.extend(w() is not None for w in wrappers)
+        real_destroy(*a, **k)
+
+    # One real gloo process stands in for a rank of two, so that aef train wraps the model in DDP.
+    rank_of_two = train_module.Dist(0, 2, torch.device("cpu"))
+    monkeypatch.setattr(train_module, "setup_distributed", lambda device=None: rank_of_two)
+    monkeypatch.setattr(train_module, "_train", fake_train)
+    monkeypatch.setattr(dist, "destroy_process_group", destroy)
+    try:
+        if step_raises:
+            with pytest.raises(FloatingPointError):
+                train_module.train(argparse.Namespace(device="cpu"))
+        else:
+            assert train_module.train(argparse.Namespace(device="cpu")) == {"step": 1}
+    finally:
+        if dist.is_initialized():
+            real_destroy()
+    assert alive_at_destroy == [False]

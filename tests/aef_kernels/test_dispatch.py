@@ -2,10 +2,10 @@
 environment variable."""
 
 import os
-import subprocess
 import sys
 
 import pytest
+import subprocess_helpers
 import torch
 
 import aef_kernels as K
@@ -62,7 +62,8 @@ def test_context_is_restored_after_an_exception():
 
 def run_python(code, **env):
     full_env = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+    return subprocess_helpers.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                                  timeout=600)
 
 
 def test_environment_variable_selects_the_backend():

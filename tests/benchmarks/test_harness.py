@@ -8,11 +8,11 @@ import copy
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import subprocess_helpers
 import torch
 
 from benchmarks import check, floors, harness, record, runner
@@ -319,7 +319,7 @@ def test_stp_block_quick_cpu_run(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "stp_block.py"), "--quick", "--device", "cpu",
            "--sections", "block,encoder,attention", "--providers", "reference,triton,cuda,auto,sdpa-math,xformers",
            "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    proc = subprocess_helpers.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = record.load(out)
     assert result["environment"]["device"] == "cpu" and result["config"]["preset"] == "tiny"
