@@ -7,7 +7,11 @@ Whether a backend can run depends on the inputs, so each op is asked about one s
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import os
 import platform
+import sys
+from pathlib import Path
 
 import torch
 
@@ -46,11 +50,39 @@ def example_args(op: str, device: torch.device, dtype: torch.dtype) -> tuple:
     raise ValueError(f"unknown op {op!r}")
 
 
+def shadowed_builds(path: list[str] | None = None) -> list[Path]:
+    """Built extensions ``aef_kernels/_C`` of other copies of the package on ``path`` (default
+    sys.path) than the one imported: an installed package hidden by the source tree that comes first
+    on sys.path (the current directory, for ``python -m`` run inside the checkout)."""
+    here = Path(__file__).resolve().parent
+    found = []
+    for entry in sys.path if path is None else path:
+        spec = importlib.machinery.PathFinder.find_spec(__package__, [entry or os.getcwd()])
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for location in spec.submodule_search_locations:
+            package = Path(location).resolve()
+            if package == here:
+                continue
+            found += [package / f"_C{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                      if (package / f"_C{suffix}").is_file()]
+    return list(dict.fromkeys(found))
+
+
 def build_info() -> dict:
     try:
         from . import _C
     except ImportError as exc:
-        return {"extension": f"not built ({exc})"}
+        here = Path(__file__).resolve().parent
+        hidden = shadowed_builds()
+        if not hidden:
+            return {"extension": f"not built ({exc})"}
+        return {"extension": (
+            f"not built in {here}, the copy of aef_kernels imported here (it comes first on sys.path, "
+            f"e.g. because the current directory is the source checkout); the installed build "
+            f"{hidden[0]} is shadowed by it. Run from outside the checkout (cd / && python -m "
+            f"aef_kernels.info) to use the installed package, or build the extension in place: "
+            f"python setup.py build_ext --inplace")}
     info = {
         "extension": "aef_kernels._C",
         "extension version": _C.__version__,

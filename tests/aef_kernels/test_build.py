@@ -4,14 +4,17 @@ kernels (KERNELS.md, Build and Testing without a GPU)."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 import aef_kernels
+from aef_kernels import info
 from aef_kernels.cuda import resources
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,3 +215,34 @@ def test_report_parser_rejects_an_entry_without_its_spill_line():
     broken = "\n".join(line for line in PTXAS_SAMPLE.splitlines() if "24 bytes stack" not in line)
     with pytest.raises(ValueError, match="_Z4hotPf"):
         resources.parse(broken)
+
+
+def _fake_install(site: Path, with_extension: bool) -> Path:
+    """Another copy of the package under ``site``, as pip installs it; its _C is an empty file (it is
+    looked for, never imported)."""
+    package = site / "aef_kernels"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    built = package / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    if with_extension:
+        built.write_bytes(b"")
+    return built
+
+
+@pytest.mark.parametrize("with_extension", [True, False], ids=["installed-build", "no-build"])
+def test_info_names_an_installed_build_hidden_by_the_source_tree(monkeypatch, tmp_path, with_extension):
+    """Where the imported package (the checkout, first on sys.path) has no extension but an installed
+    copy later on sys.path has one, info says so, names it and says what to do; without such a copy
+    it reports a plain "not built"."""
+    built = _fake_install(tmp_path / "site-packages", with_extension)
+    monkeypatch.setattr(sys, "path", [str(ROOT), str(tmp_path / "empty"), str(tmp_path / "site-packages")])
+    # The imported copy has no extension.
+    monkeypatch.setitem(sys.modules, "aef_kernels._C", None)
+    monkeypatch.delattr(aef_kernels, "_C", raising=False)
+    assert info.shadowed_builds() == ([built] if with_extension else [])
+    message = info.build_info()["extension"]
+    assert message.startswith("not built")
+    if with_extension:
+        assert str(built) in message and "shadowed" in message and "build_ext --inplace" in message
+    else:
+        assert "shadowed" not in message
