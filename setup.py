@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -74,6 +75,59 @@ def _tool(module: str, attr: str, name: str) -> str:
     return found
 
 
+def tell(message: str) -> None:
+    """One line for the person running the install, also without ``pip -v``.
+
+    pip runs this build in a subprocess whose stdout and stderr it keeps to itself unless the build
+    fails or -v is given, so a line on either is never seen during a minutes-long build (pip shows
+    only "still running..."). The line goes to the log (stdout) and, when that is not the terminal,
+    to the controlling terminal itself, which pip leaves to its child.
+    """
+    print(message, flush=True)
+    if sys.stdout.isatty():
+        return
+    try:
+        fd = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY)
+    except OSError:  # no controlling terminal (CI, a detached job): the log is all there is
+        return
+    try:
+        os.write(fd, f"\n{message}\n".encode())
+    finally:
+        os.close(fd)
+
+
+# Measured on an idle 2-core x86 machine with nvcc 13.0 (AEF_CUDA_ARCHS=90: 67 s of Ninja; "80;90":
+# 195 s): CPU seconds of each arch's compile of the five .cu files, and of its longest single step,
+# axial_attention_bwd.cu, which bounds the build however many cores there are. Unknown archs count as
+# the dearest. Parallel jobs share the machine unevenly, hence the factor.
+ARCH_CPU_S = {"80": 200, "90": 100}
+ARCH_LONGEST_S = {"80": 150, "90": 65}
+FIXED_S = 10  # configure, the host module, linking
+PARALLEL_LOSS = 1.3
+
+
+def build_estimate_s(archs: str, cores: int) -> float:
+    """Rough wall time of the CUDA build for ``archs`` (CMake list) with ``cores`` parallel jobs."""
+    names = [re.match(r"\d+", a)[0] for a in archs.split(";")]
+    work = sum(ARCH_CPU_S.get(a, max(ARCH_CPU_S.values())) for a in names)
+    longest = max(ARCH_LONGEST_S.get(a, max(ARCH_LONGEST_S.values())) for a in names)
+    return max(PARALLEL_LOSS * work / max(cores, 1), longest) + FIXED_S
+
+
+def cuda_build_notice(nvcc: str, archs: str, jobs: int) -> str:
+    """What the CUDA build compiles, roughly how long it takes, and how to skip it."""
+    minutes = max(1, round(build_estimate_s(archs, jobs) / 60))
+    sms = ", ".join("sm_" + a for a in archs.split(";"))
+    one = "" if ";" not in archs else "; one arch (e.g. AEF_CUDA_ARCHS=90 for H100/H200) takes about half"
+    return (f"aef-kernels: compiling the CUDA kernels (attention, GroupNorm, vMF, uniformity) with {nvcc} for "
+            f"{sms}: roughly {minutes} min with {jobs} parallel job{'s' if jobs != 1 else ''}{one}. "
+            "AEF_SKIP_CUDA_BUILD=1 skips them (the Triton and reference backends do not need them).")
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def _version() -> str:
     text = (ROOT / "aef_kernels" / "_version.py").read_text()
     return re.search(r"__version__\s*=\s*[\"']([^\"']+)[\"']", text).group(1)
@@ -106,19 +160,31 @@ class CMakeBuild(build_ext):
             f"-DAEF_VERSION={_version()}",
             f"-DAEF_RESOURCE_REPORT={extdir / RESOURCE_REPORT}",
         ]
+        # Ninja's own default when MAX_JOBS is unset.
+        jobs = int(os.environ.get("MAX_JOBS") or (os.cpu_count() or 1) + 2)
         if nvcc:
-            print(f"aef-kernels: building CUDA kernels with {nvcc} for archs {archs}", flush=True)
+            tell(cuda_build_notice(nvcc, archs, min(jobs, os.cpu_count() or 1)))
             args += ["-DAEF_WITH_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DAEF_CUDA_ARCHS={archs}"]
         else:
-            print(f"aef-kernels: CUDA kernels SKIPPED ({skip_reason}); building the C++-only "
-                  "extension, the cuda backend will be unavailable", flush=True)
+            tell(f"aef-kernels: CUDA kernels SKIPPED ({skip_reason}); building the C++-only "
+                 "extension, the cuda backend will be unavailable")
             args += ["-DAEF_WITH_CUDA=OFF", f"-DAEF_CUDA_SKIP_REASON={skip_reason}"]
 
         build = [cmake, "--build", ".", "--config", "Release"]
         if os.environ.get("MAX_JOBS"):
             build += ["--parallel", os.environ["MAX_JOBS"]]
-        subprocess.run([cmake, "-S", str(ROOT), "-B", ".", *args], cwd=build_temp, check=True)
-        subprocess.run(build, cwd=build_temp, check=True)
+        start = time.monotonic()
+        try:
+            subprocess.run([cmake, "-S", str(ROOT), "-B", ".", *args], cwd=build_temp, check=True)
+            subprocess.run(build, cwd=build_temp, check=True)
+        except subprocess.CalledProcessError:
+            tell(f"aef-kernels: the build of aef_kernels._C FAILED after {_duration(time.monotonic() - start)} "
+                 "(the compiler's messages are in pip's output; AEF_SKIP_CUDA_BUILD=1 builds without the "
+                 "CUDA kernels)")
+            raise
+        what = f"with the CUDA kernels for {archs.replace(';', ', ')}" if nvcc else "without CUDA"
+        tell(f"aef-kernels: built aef_kernels._C {what} in {_duration(time.monotonic() - start)}; "
+             "python -m aef_kernels.info (run outside the checkout) shows what it can run")
 
     def _report_paths(self) -> list[tuple[str, str]]:
         """(built report, its in-place copy) beside each extension."""

@@ -246,3 +246,48 @@ def test_info_names_an_installed_build_hidden_by_the_source_tree(monkeypatch, tm
         assert str(built) in message and "shadowed" in message and "build_ext --inplace" in message
     else:
         assert "shadowed" not in message
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs a pseudo-terminal")
+def test_build_messages_reach_the_terminal_while_pip_captures_the_output(tmp_path):
+    """pip without -v keeps the build's stdout and stderr to itself; setup.py's messages still reach
+    the terminal (the child's controlling terminal), and are also in the captured log."""
+    import pty
+
+    log = tmp_path / "captured.log"
+    code = (f"import os, sys, importlib.util\n"
+            f"fd = os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT)\n"
+            "os.dup2(fd, 1); os.dup2(fd, 2)\n"  # what pip does with the build's output
+            f"spec = importlib.util.spec_from_file_location('aef_setup', {str(ROOT / 'setup.py')!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "m.tell('aef-kernels: a line for the terminal')\n")
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace") + log.read_text()
+    assert "aef-kernels: a line for the terminal" in seen.decode()
+    assert "aef-kernels: a line for the terminal" in log.read_text()
+
+
+@pytest.mark.parametrize("archs", ["90", "80;90", "75;80;86;90"])
+@pytest.mark.parametrize("jobs", [1, 2, 16])
+def test_cuda_build_notice_says_what_how_long_and_how_to_skip(archs, jobs):
+    """The line before the CUDA build names the archs, gives a duration in minutes and the switch that
+    skips the build; the estimate grows with the archs and does not grow with the jobs."""
+    setup = _load_setup()
+    notice = setup.cuda_build_notice("/usr/local/cuda/bin/nvcc", archs, jobs)
+    assert all(f"sm_{a}" in notice for a in archs.split(";"))
+    assert re.search(r"roughly \d+ min", notice) and "AEF_SKIP_CUDA_BUILD=1" in notice
+    assert setup.build_estimate_s(archs, jobs) >= setup.build_estimate_s("90", jobs)
+    assert setup.build_estimate_s(archs, jobs) <= setup.build_estimate_s(archs, 1)
