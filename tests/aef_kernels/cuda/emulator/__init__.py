@@ -13,9 +13,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +30,14 @@ KERNEL_SOURCES = ("axial_attention.cu", "axial_attention_bwd.cu", "group_norm.cu
 CXX = os.environ.get("CXX", "g++")
 # -fno-strict-aliasing: the kernels reinterpret element pointers as packs, as CUDA code does.
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-w"]
+
+# The case set: a quick one for CI, the full one with AEF_EMULATOR_FULL=1.
+FULL = os.environ.get("AEF_EMULATOR_FULL", "") not in ("", "0")
+# Why the emulator cannot run here ("" where it can): its fiber switch is x86-64 assembly.
+UNAVAILABLE = ("needs x86-64" if platform.machine() not in ("x86_64", "AMD64")
+               else "" if shutil.which(CXX) else f"no C++ compiler ({CXX})")
+# Cases that passed, per kernel family, for the summary line (conftest.py prints it).
+PASSED: Counter = Counter()
 
 
 def cache_dir() -> Path:

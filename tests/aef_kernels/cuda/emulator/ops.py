@@ -26,21 +26,27 @@ def _arr(values) -> ctypes.Array:
     return (ctypes.c_int64 * len(values))(*values)
 
 
+def _fill(dtype: torch.dtype):
+    # Integer buffers (masks) are filled with 1: a mask read past its end then admits a key.
+    return float("nan") if dtype.is_floating_point else 1
+
+
 class Guarded:
-    """A NaN-filled contiguous tensor of ``shape`` inside a larger NaN-filled buffer."""
+    """A NaN-filled contiguous tensor of ``shape`` (``offset`` elements past a 16-byte boundary)
+    inside a larger NaN-filled buffer."""
 
     def __init__(self, shape, dtype, offset: int = 0):
         n = 1
         for s in shape:
             n *= s
-        self.buf = torch.full((n + 2 * GUARD + offset,), float("nan"), dtype=dtype)
+        self.buf = torch.full((n + 2 * GUARD + offset,), _fill(dtype), dtype=dtype)
         self.offset = GUARD + offset
         self.t = self.buf[self.offset: self.offset + n].view(shape)
         self.n = n
 
     def intact(self) -> bool:
         def same(x):
-            return bool(torch.isnan(x).all())
+            return bool(torch.isnan(x).all()) if x.dtype.is_floating_point else bool((x == _fill(x.dtype)).all())
 
         return same(self.buf[: self.offset]) and same(self.buf[self.offset + self.n:])
 
@@ -74,13 +80,18 @@ def _mask_strides(mask: torch.Tensor | None) -> list[int]:
     return st + [0, 0] if mask.dim() == 2 else st
 
 
+def _byte_mask(mask):
+    assert mask is None or mask.dtype in (torch.bool, torch.uint8), "the kernels read the mask as bytes"
+    return mask
+
+
 def attention_fwd(emu: Emulator, q, k, v, mask, scale: float):
     """o (B, Tq, H, W, heads, d) and the base-2 lse (B, Tq, H, W, heads) of the CUDA forward."""
     B, Tq, H, W, NH, d = q.shape
     T = k.shape[1]
     o = Guarded((B, Tq, H, W, NH, d), q.dtype)
     lse = Guarded((B, Tq, H, W, NH), torch.float32)
-    m = None if mask is None else mask.to(torch.bool)
+    m = _byte_mask(mask)
     status = emu.lib.emu_attention_fwd(
         _ptr(q), _ptr(k), _ptr(v), _ptr(m), _ptr(o.t), _ptr(lse.t), _arr([B, Tq, T, H, W, NH, d]),
         _arr(_strides5(q)), _arr(_strides5(k)), _arr(_strides5(v)), _arr(_mask_strides(m)), scale,
@@ -97,7 +108,7 @@ def attention_bwd(emu: Emulator, grad, q, k, v, o, lse, mask, scale: float):
     dq = Guarded(q.shape, q.dtype)
     dk = Guarded(k.shape, k.dtype)
     dv = Guarded(v.shape, v.dtype)
-    m = None if mask is None else mask.to(torch.bool)
+    m = _byte_mask(mask)
     status = emu.lib.emu_attention_bwd(
         _ptr(grad), _ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(lse), _ptr(m), _ptr(delta.t), _ptr(dq.t), _ptr(dk.t),
         _ptr(dv.t), _arr([B, Tq, T, H, W, NH, d]), _arr(_strides5(q)), _arr(_strides5(k)), _arr(_strides5(v)),
