@@ -28,6 +28,7 @@ CSRC = HERE.parents[3] / "csrc"
 KERNEL_SOURCES = ("axial_attention.cu", "axial_attention_bwd.cu", "group_norm.cu", "vmf_normalize.cu",
                   "batch_uniformity.cu")
 CXX = os.environ.get("CXX", "g++")
+OBJCOPY = os.environ.get("OBJCOPY", "objcopy")
 # -fno-strict-aliasing: the kernels reinterpret element pointers as packs, as CUDA code does.
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-w"]
 
@@ -35,7 +36,8 @@ FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pra
 FULL = os.environ.get("AEF_EMULATOR_FULL", "") not in ("", "0")
 # Why the emulator cannot run here ("" where it can): its fiber switch is x86-64 assembly.
 UNAVAILABLE = ("needs x86-64" if platform.machine() not in ("x86_64", "AMD64")
-               else "" if shutil.which(CXX) else f"no C++ compiler ({CXX})")
+               else f"no C++ compiler ({CXX})" if not shutil.which(CXX)
+               else f"no {OBJCOPY}" if not shutil.which(OBJCOPY) else "")
 # Cases that passed, per kernel family, for the summary line (conftest.py prints it).
 PASSED: Counter = Counter()
 
@@ -96,6 +98,14 @@ def _compile(obj_dir: Path, sources: dict[str, str], main: str, include: list[Pa
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"emulator build: {' '.join(cmd)}\n{res.stderr[-6000:]}")
+        if main.endswith(".cu"):
+            # The kernels' zero-initialised statics (their __shared__ arrays, and nothing else in
+            # csrc) go to the section the runtime poisons before each block. A section attribute in
+            # the shim cannot do it: GCC 12 ignores it on the statics of function templates.
+            cmd = [OBJCOPY, "--rename-section", ".bss=aef_emu_shared", str(tmp / "out.o")]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"emulator build: {' '.join(cmd)}\n{res.stderr[-6000:]}")
 
     _atomic_write_dir(obj_dir, fill)
 
@@ -107,13 +117,15 @@ def build(mutation: tuple[str, str, str] | None = None) -> Path:
     shim = {p.name: p.read_text() for p in sorted((HERE / "include").iterdir())}
     runtime_src = (HERE / "runtime.cpp").read_text()
     api_src = (HERE / "api.cpp").read_text()
+    selftest_src = rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"))[0]
     sources = _sources(mutation)
     headers = {n: t for n, t in sources.items() if not n.endswith(".cu")}
-    base = _digest(_compiler_id(), " ".join(FLAGS), *(f"{n}\n{t}" for n, t in sorted(shim.items())))
+    base = _digest(_compiler_id(), " ".join(FLAGS), "objcopy .bss", *(f"{n}\n{t}" for n, t in sorted(shim.items())))
     hdr = _digest(base, *(f"{n}\n{t}" for n, t in sorted(headers.items())))
     include = [HERE / "include"]
     jobs = [(root / "obj" / _digest(base, "runtime", runtime_src), {"runtime.cpp": runtime_src}, "runtime.cpp"),
-            (root / "obj" / _digest(hdr, "api", api_src), {**headers, "api.cpp": api_src}, "api.cpp")]
+            (root / "obj" / _digest(hdr, "api", api_src), {**headers, "api.cpp": api_src}, "api.cpp"),
+            (root / "obj" / _digest(base, "selftest", selftest_src), {"selftest.cu": selftest_src}, "selftest.cu")]
     for name in KERNEL_SOURCES:
         jobs.append((root / "obj" / _digest(hdr, name, sources[name]), {**headers, name: sources[name]}, name))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -142,6 +154,7 @@ _SIGNATURES = {
     "emu_launches": ([], ctypes.c_char_p),
     "emu_mma_layout_check": ([], ctypes.c_char_p),
     "emu_convert": ([ctypes.c_int, _P, _P, _I64], None),
+    "emu_selftest": ([ctypes.c_int, _P], ctypes.c_int),
     "emu_vmf_normalize_fwd": ([_P, _P, _I64, _I64, _I64, _I64, ctypes.c_int, ctypes.c_double], ctypes.c_int),
     "emu_vmf_normalize_bwd": ([_P, _P, _P, _I64, _I64, _I64, _I64, _I64, ctypes.c_int, ctypes.c_double],
                               ctypes.c_int),

@@ -36,6 +36,9 @@ dim3 aef_emu::g_gridDim{1, 1, 1};
 #endif
 
 extern "C" void aef_emu_switch(void** save_sp, void* load_sp);
+// Bounds of the kernels' shared memory (the linker defines them for the section __shared__ names).
+extern "C" char __start_aef_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_aef_emu_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" void aef_emu_trampoline();
 asm(R"(
     .text
@@ -416,6 +419,7 @@ void diagnose_deadlock() {
       what += " warp " + std::to_string(wi) + ": " + std::to_string(at_warp) + " lanes at a collective, " +
               std::to_string(at_bar) + " at __syncthreads, " + std::to_string(done) + " exited;";
   }
+  what.pop_back();
   fail(what);
 }
 
@@ -436,6 +440,8 @@ void run_block(int n, uint64_t seed) {
     start_fiber(f);
     push_ready(i);
   }
+  if (__start_aef_emu_shared != nullptr)
+    std::memset(__start_aef_emu_shared, 0xff, static_cast<size_t>(__stop_aef_emu_shared - __start_aef_emu_shared));
   g_block_failed = false;
   while (!g_block_failed) {
     if (b.ready.empty()) {

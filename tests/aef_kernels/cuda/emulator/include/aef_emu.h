@@ -19,7 +19,9 @@
 #define __noinline__
 #define __launch_bounds__(...)
 // Blocks run one after another on one OS thread, so a function-local static is exactly one block's
-// shared memory for the lifetime of that block.
+// shared memory for the lifetime of that block. The build moves them into one section, which the
+// runtime fills with NaN bytes before every block: a read of shared memory no thread of the block has
+// written sees NaN, as it would see garbage on a GPU, instead of a previous block's values.
 #define __shared__ static
 
 struct uint3 {
