@@ -1,11 +1,13 @@
 """The CUDA backend's tests: the emulator's pass counts, per kernel family, at the end of the run."""
 
-from emulator import FULL, PASSED
+from emulator import FULL, MUTANTS, PASSED
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not PASSED:
-        return
-    counts = ", ".join(f"{family} {n}" for family, n in sorted(PASSED.items()))
-    terminalreporter.write_line(
-        f"emulator ({'full' if FULL else 'quick'} set; AEF_EMULATOR_FULL=1 for the full one): cases passed: {counts}")
+    if PASSED:
+        counts = ", ".join(f"{family} {n}" for family, n in sorted(PASSED.items()))
+        terminalreporter.write_line(f"emulator ({'full' if FULL else 'quick'} set; AEF_EMULATOR_FULL=1 for the full "
+                                    f"one): cases passed: {counts}")
+    if MUTANTS["built"]:
+        terminalreporter.write_line(f"emulator mutation check: {MUTANTS['failed']} of {MUTANTS['built']} broken "
+                                    "kernel variants failed their emulated tests")

@@ -162,9 +162,10 @@ def reference(q, k, v, mask, scale, grad):
 
 
 def gradient_term_scales(q, k, v, mask, scale, grad) -> tuple[float, float]:
-    """Magnitudes of the terms whose differences dq and dk are: dS = P (dP - delta) cancels
-    exactly where one key takes all the probability, so the error floor of dq and dk is set by
-    |P| (|dP| + |delta|) times |k| (or |q|), not by the (possibly zero) result."""
+    """Magnitudes of the terms whose sums and differences dq and dk are. dS = P (dP - delta) with
+    dP = dO . v and delta = dO . o, two d-term dot products that cancel exactly where one key takes
+    all the probability, so the error floor of dq and dk is set by P (|dO| . |v| + |dO| . |o|) times
+    |k| (or |q|), the size of the terms summed, not by the (possibly zero) result."""
     q, k, v, grad = (x.double() for x in (q, k, v, grad))
     qs, ks, vs, gs = (x.permute(0, 2, 3, 4, 1, 5) for x in (q, k, v, grad))
     s = (qs @ ks.transpose(-1, -2)) * scale
@@ -173,9 +174,7 @@ def gradient_term_scales(q, k, v, mask, scale, grad) -> tuple[float, float]:
         s = torch.where(m, s, float("-inf"))
     p = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)
     o = p @ vs
-    dp = gs @ vs.transpose(-1, -2)
-    delta = (gs * o).sum(-1, keepdim=True)
-    ds_abs = p * (dp.abs() + delta.abs())
+    ds_abs = p * (gs.abs() @ vs.abs().transpose(-1, -2) + (gs * o).abs().sum(-1, keepdim=True))
     return (scale * (ds_abs @ ks.abs()).max().item(), scale * (ds_abs.transpose(-1, -2) @ qs.abs()).max().item())
 
 

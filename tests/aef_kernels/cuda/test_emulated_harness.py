@@ -1,6 +1,6 @@
 """The SIMT emulator itself: it reports each way a kernel can break the CUDA execution model (a
 collective reached by part of a warp, a partial shuffle mask, divergent collectives, a barrier
-after threads exited, a deadlock, an invalid launch), its shuffles and conversions compute what
+after threads exited, a deadlock, an invalid launch, a misaligned access), its shuffles and conversions compute what
 CUDA defines, its mma fragment layout owns every element once, and a kernel source with one index
 broken (one per kernel family, plus a missing barrier) fails the emulated tests."""
 
@@ -17,8 +17,9 @@ import test_emulated_sphere as sphere
 pytestmark = pytest.mark.skipif(bool(emulator.UNAVAILABLE), reason=f"emulator: {emulator.UNAVAILABLE}")
 
 # selftest.cu, enum Probe.
-PARTIAL_WARP, PARTIAL_MASK, BARRIER_AFTER_EXIT, DEADLOCK, DIVERGENT, GRID_Y, BLOCK, RACE, SHUFFLES, BLOCK_SUM = range(10)
-CUDA_ERROR_INVALID_CONFIGURATION, CUDA_ERROR_LAUNCH_FAILURE = 9, 719
+(PARTIAL_WARP, PARTIAL_MASK, BARRIER_AFTER_EXIT, DEADLOCK, DIVERGENT, GRID_Y, BLOCK, RACE, SHUFFLES, BLOCK_SUM,
+ MISALIGNED) = range(11)
+CUDA_ERROR_INVALID_CONFIGURATION, CUDA_ERROR_MISALIGNED_ADDRESS, CUDA_ERROR_LAUNCH_FAILURE = 9, 716, 719
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def _probe(emu, which, seed=1):
     (DIVERGENT, CUDA_ERROR_LAUNCH_FAILURE, "divergent warp collectives"),
     (GRID_Y, CUDA_ERROR_INVALID_CONFIGURATION, "grid y = 65536"),
     (BLOCK, CUDA_ERROR_INVALID_CONFIGURATION, "1025 threads"),
-], ids=["partial_warp", "partial_mask", "barrier_after_exit", "deadlock", "divergent", "grid_y", "block_size"])
+    (MISALIGNED, CUDA_ERROR_MISALIGNED_ADDRESS, "float4' needs 16-byte alignment"),
+], ids=["partial_warp", "partial_mask", "barrier_after_exit", "deadlock", "divergent", "grid_y", "block_size",
+        "misaligned"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_rule_broken_is_reported(emu, which, status, message, seed):
     """The launch returns the CUDA error a GPU would give (a launch failure for a fault inside the
@@ -191,6 +194,7 @@ def test_a_broken_kernel_fails_its_emulated_tests(family, within_reference_error
     """A copy of the kernel source with one index broken (or one barrier removed) is built, and
     the family's emulated tests must fail on it: the harness is shown able to fail."""
     emu = emulator.load(MUTATIONS[family])
+    emulator.MUTANTS["built"] += 1
     counts = emulator.PASSED.copy()
     caught = None
     try:
@@ -204,4 +208,4 @@ def test_a_broken_kernel_fails_its_emulated_tests(family, within_reference_error
         emulator.PASSED.clear()
         emulator.PASSED.update(counts)
     assert caught is not None, f"{family}: every emulated case passed on the broken kernel"
-    emulator.PASSED["mutations caught"] += 1
+    emulator.MUTANTS["failed"] += 1

@@ -31,6 +31,8 @@ CXX = os.environ.get("CXX", "g++")
 OBJCOPY = os.environ.get("OBJCOPY", "objcopy")
 # -fno-strict-aliasing: the kernels reinterpret element pointers as packs, as CUDA code does.
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-w"]
+# Kernel sources only: every access checked against its type's alignment (runtime.cpp reports it).
+KERNEL_FLAGS = ["-fsanitize=alignment"]
 
 # The case set: a quick one for CI, the full one with AEF_EMULATOR_FULL=1.
 FULL = os.environ.get("AEF_EMULATOR_FULL", "") not in ("", "0")
@@ -40,6 +42,8 @@ UNAVAILABLE = ("needs x86-64" if platform.machine() not in ("x86_64", "AMD64")
                else f"no {OBJCOPY}" if not shutil.which(OBJCOPY) else "")
 # Cases that passed, per kernel family, for the summary line (conftest.py prints it).
 PASSED: Counter = Counter()
+# Broken kernel variants built and how many of them failed their tests (test_emulated_harness.py).
+MUTANTS: Counter = Counter()
 
 
 def cache_dir() -> Path:
@@ -93,7 +97,8 @@ def _compile(obj_dir: Path, sources: dict[str, str], main: str, include: list[Pa
     def fill(tmp: Path) -> None:
         for name, text in sources.items():
             (tmp / name).write_text(text)
-        cmd = [CXX, *FLAGS, *(f"-I{p}" for p in include), f"-I{tmp}", "-x", "c++", "-c", str(tmp / main),
+        extra = KERNEL_FLAGS if main.endswith(".cu") else []
+        cmd = [CXX, *FLAGS, *extra, *(f"-I{p}" for p in include), f"-I{tmp}", "-x", "c++", "-c", str(tmp / main),
                "-o", str(tmp / "out.o")]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -120,7 +125,7 @@ def build(mutation: tuple[str, str, str] | None = None) -> Path:
     selftest_src = rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"))[0]
     sources = _sources(mutation)
     headers = {n: t for n, t in sources.items() if not n.endswith(".cu")}
-    base = _digest(_compiler_id(), " ".join(FLAGS), "objcopy .bss", *(f"{n}\n{t}" for n, t in sorted(shim.items())))
+    base = _digest(_compiler_id(), " ".join(FLAGS), " ".join(KERNEL_FLAGS), "objcopy .bss", *(f"{n}\n{t}" for n, t in sorted(shim.items())))
     hdr = _digest(base, *(f"{n}\n{t}" for n, t in sorted(headers.items())))
     include = [HERE / "include"]
     jobs = [(root / "obj" / _digest(base, "runtime", runtime_src), {"runtime.cpp": runtime_src}, "runtime.cpp"),

@@ -490,6 +490,15 @@ uint64_t gcd64(uint64_t a, uint64_t b) {
 
 }  // namespace
 
+void fail_misaligned(const char* what) {
+  if (g_cur == nullptr) {  // outside a kernel: host code of a launcher
+    if (g_failures.size() < 100) g_failures.push_back(std::string(what) + " (host code)");
+    return;
+  }
+  fail(what);
+  g_sticky = cudaErrorMisalignedAddress;
+}
+
 // ---- collectives called from the kernels -----------------------------------------------------------
 
 uint64_t warp_shuffle(int kind, unsigned mask, uint64_t value, int arg, int width, int bytes) {
@@ -622,6 +631,43 @@ uint16_t f32_to_bf16_rn(float f) {
 }
 
 }  // namespace aef_emu
+
+// ---- misaligned accesses ----------------------------------------------------------------------------
+// The kernels are compiled with -fsanitize=alignment: every load and store through a pointer is
+// checked against its type's alignment, and a violation calls this handler (the layouts are those
+// of GCC's undefined-behaviour sanitizer ABI). A GPU faults on a misaligned access, most visibly on
+// a 16-byte pack at an address that is not a multiple of 16; here it is a failure of the launch.
+
+namespace {
+struct UbsanLocation {
+  const char* file;
+  uint32_t line, column;
+};
+struct UbsanType {
+  uint16_t kind, info;
+  char name[1];
+};
+struct UbsanTypeMismatch {
+  UbsanLocation loc;
+  const UbsanType* type;
+  unsigned char log_alignment, check_kind;
+};
+}  // namespace
+
+extern "C" void __ubsan_handle_type_mismatch_v1(UbsanTypeMismatch* data, uintptr_t ptr) {
+  char buf[512];
+  if (ptr == 0)
+    std::snprintf(buf, sizeof(buf), "null pointer access of %s at %s:%u", data->type->name, data->loc.file,
+                  data->loc.line);
+  else
+    std::snprintf(buf, sizeof(buf), "misaligned access: %s needs %u-byte alignment, address 0x%" PRIxPTR " at %s:%u",
+                  data->type->name, 1u << data->log_alignment, ptr, data->loc.file, data->loc.line);
+  aef_emu::fail_misaligned(buf);
+}
+
+extern "C" void __ubsan_handle_type_mismatch_v1_abort(UbsanTypeMismatch* data, uintptr_t ptr) {
+  __ubsan_handle_type_mismatch_v1(data, ptr);
+}
 
 // ---- the CUDA runtime API -------------------------------------------------------------------------
 

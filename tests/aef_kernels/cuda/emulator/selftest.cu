@@ -18,6 +18,7 @@ enum Probe : int {
   kRace,             // a shared-memory read with no barrier after the write it depends on
   kShuffles,         // every shuffle form at widths 32 and 8, written out for the test to check
   kBlockSum,         // a correct block reduction through shared memory and barriers
+  kMisaligned,       // a 16-byte load from an address that is 4 bytes past a 16-byte boundary
 };
 
 __global__ void probe(int which, float* out) {
@@ -71,6 +72,11 @@ __global__ void probe(int which, float* out) {
         out[blockIdx.x + blockIdx.y * gridDim.x] = s;
       }
       return;
+    }
+    case kMisaligned: {
+      const float4 w = *reinterpret_cast<const float4*>(out + 1);  // a whole 16-byte pack, as Pack<T, N> is read
+      v = w.x;
+      break;
     }
     default: break;
   }

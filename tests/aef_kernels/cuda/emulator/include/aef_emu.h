@@ -109,6 +109,7 @@ enum Collective : int { kShflIdx, kShflUp, kShflDown, kShflXor, kMmaF16, kMmaBF1
 uint64_t warp_shuffle(int kind, unsigned mask, uint64_t value, int arg, int width, int bytes);
 void mma_m16n8k16(int kind, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 void syncthreads();
+void fail_misaligned(const char* what);
 
 template <typename V>
 inline V shuffle_as(int kind, unsigned mask, V v, int arg, int width) {
