@@ -10,15 +10,28 @@ JSON manifest (paths relative to the manifest's folder)::
       "sources": {
         "sentinel2": [
           {"path": "s2/20240305.tif", "time": "2024-03-05T10:31:02Z", "mask": "s2/20240305_clear.tif"},
-          {"path": "s2/20240410.tif", "time": "2024-04-10T10:30:51Z"}
+          {"path": "s2/20240410_rgb.tif", "time": "2024-04-10T10:30:51Z", "bands": ["B4", "B3", "B2"]}
         ],
-        "sentinel1": [{"path": "s1/20240307.tif", "time": "2024-03-07T17:45:00Z"}]
+        "landsat": [
+          {"time": "2020-05-18", "nodata": 0,
+           "paths": {"B2": "LC08_..._B2.TIF", "B3": "LC08_..._B3.TIF", "B4": "LC08_..._B4.TIF"}}
+        ],
+        "sentinel1": [{"path": "s1/20240307.tif", "time": "2024-03-07T17:45:00Z", "units": "linear"}]
       }
     }
 
-Each frame is a GeoTIFF with the source's bands in registry order (``aef.sources``), all frames on
-one grid (same size, CRS and transform). A pixel is invalid where any band is NaN or equals the
-file's nodata value, or where the optional single-band ``mask`` raster is 0 (nonzero = clear).
+A frame is either one GeoTIFF (``"path"``) holding the source's bands in registry order
+(``aef.sources``), or the bands listed in ``"bands"`` (registry names, any order); or one
+single-band file per band (``"paths"``), the way Landsat and Sentinel-2 are distributed. Bands a
+frame does not give are invalid. Validity is per band: a band is invalid where it is NaN or equals
+the nodata value (the frame's ``"nodata"``, else ``--nodata``, else the file's tag), and a pixel is
+invalid only where all its bands are, or where the optional single-band ``mask`` raster is 0
+(nonzero = clear). SAR frames may be given in linear power (``"units": "linear"``); they are read
+as dB.
+
+Frames need not share a grid: each is brought onto the output grid (:mod:`aef.georef`: resolution,
+CRS, and the union or intersection of the frames' extents) on read, bilinear for data and nearest
+for masks.
 
 ``.npz`` scene: the keys of the ``aef.data`` sample format (``source_data/<source>`` (N, H, W, C)
 float, ``timestamps/<source>`` (N,) int64 epoch ms, optionally ``masks/<source>`` (N, H, W) or (N,)
@@ -39,10 +52,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from . import sources as _sources
+from .preprocess import linear_to_db as _linear_to_db
 
 EMBED_DIM = 64
 BAND_NAMES = tuple(f"A{i:02d}" for i in range(EMBED_DIM))
@@ -121,8 +136,10 @@ class Scene:
     def read(self, name: str, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Frames of ``name`` over rows [row, row+height), cols [col, col+width).
 
-        Returns data (N, height, width, C) float32 and validity (N, height, width) bool. The window
-        may extend past the scene: pixels outside are NaN and invalid. Invalid pixels are NaN.
+        Returns data (N, height, width, C) float32, NaN where a band is invalid, and pixel validity
+        (N, height, width) bool: a pixel is valid where any of its bands is (a missing band never voids
+        the others; per-band validity is ``np.isfinite(data)``). The window may extend past the scene:
+        pixels outside are NaN and invalid.
         """
         n = len(self.timestamps[name])
         c = _sources.get(name).channels
@@ -132,9 +149,9 @@ class Scene:
         c0, c1, dc0, dc1 = _window_bounds(col, width, self.grid.width)
         if r1 > r0 and c1 > c0:
             d, v = self._read_inside(name, r0, r1, c0, c1)
-            v = v & np.isfinite(d).all(axis=-1)
-            data[:, dr0:dr1, dc0:dc1] = np.where(v[..., None], d, np.float32(np.nan))
-            valid[:, dr0:dr1, dc0:dc1] = v
+            band = v[..., None] & np.isfinite(d)
+            data[:, dr0:dr1, dc0:dc1] = np.where(band, d, np.float32(np.nan))
+            valid[:, dr0:dr1, dc0:dc1] = band.any(axis=-1)
         return data, valid
 
     def _read_inside(self, name, r0, r1, c0, c1) -> tuple[np.ndarray, np.ndarray]:
@@ -214,8 +231,13 @@ class NpzScene(Scene):
 
 
 class ManifestScene(Scene):
-    def __init__(self, path: Path):
+    """Frames listed in a JSON manifest, each brought onto one output grid (:mod:`aef.georef`)."""
+
+    def __init__(self, path: Path, resolution: Optional[float] = None, extent: str = "union", crs=None,
+                 nodata: Optional[dict] = None):
         rasterio = require_rasterio()
+        from .georef import BandSource, GridError, target_grid
+
         self._path = path
         try:
             manifest = json.loads(path.read_text())
@@ -226,10 +248,14 @@ class ManifestScene(Scene):
         if not isinstance(manifest, dict) or not isinstance(manifest.get("sources"), dict) or not manifest["sources"]:
             raise SceneError(f"{path}: expected an object with a non-empty \"sources\" object mapping source "
                              "names to lists of frames")
+        nodata = dict(nodata or {})
+        for key in nodata:
+            if key != "*":
+                _check_source(key, "--nodata")
         self._frames: dict[str, list] = {}
         self.timestamps = {}
-        self.grid = None
         self._open = []
+        self._parts: list = []
         try:
             for name, frames in manifest["sources"].items():
                 where = f"{path}: sources.{name}"
@@ -239,24 +265,72 @@ class ManifestScene(Scene):
                 times, opened = [], []
                 for i, frame in enumerate(frames):
                     fwhere = f"{where}[{i}]"
-                    if not isinstance(frame, dict) or "path" not in frame or "time" not in frame:
-                        raise SceneError(f"{fwhere}: expected an object with \"path\" and \"time\"")
+                    if not isinstance(frame, dict) or "time" not in frame or ("path" in frame) == ("paths" in frame):
+                        raise SceneError(f"{fwhere}: expected an object with \"time\" and either \"path\" (one "
+                                         "file with the frame's bands) or \"paths\" (one file per band)")
                     times.append(parse_time(frame["time"], f"{fwhere}.time"))
-                    ds = self._open_raster(rasterio, frame["path"], f"{fwhere}.path")
-                    if ds.count != src.channels:
-                        raise SceneError(f"{fwhere}.path: {ds.name} has {ds.count} bands; {name} needs "
-                                         f"{src.channels} ({', '.join(src.bands)})")
+                    fill = frame.get("nodata", nodata.get(name, nodata.get("*")))
+                    if fill is not None and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
+                        raise SceneError(f"{fwhere}.nodata: expected a number, got {fill!r}")
+                    units = frame.get("units", "db")
+                    if units not in ("db", "linear") or (units == "linear" and src.transform != "sar"):
+                        raise SceneError(f"{fwhere}.units: expected \"db\" or \"linear\" (SAR sources only), "
+                                         f"got {units!r}")
+                    parts = self._frame_parts(rasterio, frame, src, fwhere, fill, BandSource)
                     mask = None
                     if frame.get("mask") is not None:
-                        mask = self._open_raster(rasterio, frame["mask"], f"{fwhere}.mask")
-                        if mask.count != 1:
-                            raise SceneError(f"{fwhere}.mask: {mask.name} must have 1 band, has {mask.count}")
-                    opened.append((ds, mask))
+                        ds = self._open_raster(rasterio, frame["mask"], f"{fwhere}.mask")
+                        if ds.count != 1:
+                            raise SceneError(f"{fwhere}.mask: {ds.name} must have 1 band, has {ds.count}")
+                        mask = BandSource(ds, [1], [], None)
+                    opened.append((parts, mask, units == "linear"))
                 self._frames[name] = opened
                 self.timestamps[name] = np.asarray(times, dtype=np.int64)
+            try:
+                self.grid = target_grid([p.ds for p in self._parts], resolution, extent, crs)
+                for parts, mask, _ in (f for fs in self._frames.values() for f in fs):
+                    for p in parts:
+                        p.attach(self.grid, "bilinear")
+                    if mask is not None:
+                        mask.attach(self.grid, "nearest")
+            except GridError as e:
+                raise SceneError(f"{path}: {e}") from None
         except BaseException:
             self.close()
             raise
+
+    def _frame_parts(self, rasterio, frame: dict, src: _sources.Source, where: str, fill, BandSource) -> list:
+        """The rasters of one frame, each with the source bands it fills."""
+        if "paths" in frame:
+            paths = frame["paths"]
+            if not isinstance(paths, dict) or not paths:
+                raise SceneError(f"{where}.paths: expected an object mapping band names ({', '.join(src.bands)}) "
+                                 "to single-band files")
+            parts = []
+            for band, rel in paths.items():
+                if band not in src.bands:
+                    raise SceneError(f"{where}.paths: unknown band {band!r} of {src.name} (bands: "
+                                     f"{', '.join(src.bands)})")
+                ds = self._open_raster(rasterio, rel, f"{where}.paths.{band}")
+                if ds.count != 1:
+                    raise SceneError(f"{where}.paths.{band}: {ds.name} has {ds.count} bands; a per-band file "
+                                     "must have one")
+                parts.append(BandSource(ds, [1], [src.bands.index(band)], ds.nodata if fill is None else fill))
+        else:
+            bands = frame.get("bands", list(src.bands))
+            if not isinstance(bands, list) or not bands or any(b not in src.bands for b in bands) or \
+                    len(set(bands)) != len(bands):
+                raise SceneError(f"{where}.bands: expected a list of distinct band names of {src.name} "
+                                 f"({', '.join(src.bands)}), got {bands!r}")
+            ds = self._open_raster(rasterio, frame["path"], f"{where}.path")
+            if ds.count != len(bands):
+                hint = "" if "bands" in frame else "; list the bands it holds with \"bands\""
+                raise SceneError(f"{where}.path: {ds.name} has {ds.count} bands; {src.name} needs "
+                                 f"{len(bands)} ({', '.join(bands)}){hint}")
+            parts = [BandSource(ds, list(range(1, ds.count + 1)), [src.bands.index(b) for b in bands],
+                                ds.nodata if fill is None else fill)]
+        self._parts.extend(parts)
+        return parts
 
     def _open_raster(self, rasterio, rel: str, where: str):
         if not isinstance(rel, str):
@@ -265,52 +339,60 @@ class ManifestScene(Scene):
         if not p.is_file():
             raise SceneError(f"{where}: {p} does not exist")
         try:
-            ds = rasterio.open(p)
+            with warnings.catch_warnings():
+                # Frames without georeferencing are allowed when they all share one grid.
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                ds = rasterio.open(p)
         except rasterio.errors.RasterioError as e:
             raise SceneError(f"{where}: {p} is not a readable raster ({e})") from None
         self._open.append(ds)
-        grid = Grid(ds.height, ds.width, ds.crs, ds.transform)
-        if self.grid is None:
-            self.grid = grid
-        elif grid != self.grid:
-            raise SceneError(f"{where}: {p} is on another grid ({ds.width}x{ds.height}, {ds.crs}, "
-                             f"{tuple(ds.transform)[:6]}) than the first frame ({self.grid.width}x"
-                             f"{self.grid.height}, {self.grid.crs}, {tuple(self.grid.transform)[:6]}); "
-                             "all frames must share one grid")
         return ds
 
     def _read_inside(self, name, r0, r1, c0, c1):
         from rasterio.windows import Window
 
         win = Window(c0, r0, c1 - c0, r1 - r0)
+        src = _sources.get(name)
         frames = self._frames[name]
-        data = np.empty((len(frames), r1 - r0, c1 - c0, _sources.get(name).channels), dtype=np.float32)
-        valid = np.empty((len(frames), r1 - r0, c1 - c0), dtype=bool)
-        for i, (ds, mask) in enumerate(frames):
-            d = np.moveaxis(ds.read(window=win).astype(np.float32, copy=False), 0, -1)
-            v = np.ones(d.shape[:2], dtype=bool)
-            if ds.nodata is not None and not math.isnan(ds.nodata):
-                v &= ~(d == np.float32(ds.nodata)).any(axis=-1)
+        data = np.full((len(frames), r1 - r0, c1 - c0, src.channels), np.nan, dtype=np.float32)
+        valid = np.ones((len(frames), r1 - r0, c1 - c0), dtype=bool)
+        angle = np.array([b == "angle" for b in src.bands])
+        for i, (parts, mask, linear) in enumerate(frames):
+            for p in parts:
+                data[i][..., p.positions] = np.moveaxis(p.read(win), 0, -1)
+            if linear:
+                data[i][..., ~angle] = _linear_to_db(data[i][..., ~angle])
             if mask is not None:
-                v &= mask.read(1, window=win) != 0
-            data[i], valid[i] = d, v
+                valid[i] &= mask.read_mask(win)
         return data, valid
 
     def close(self):
+        for p in self._parts:
+            p.close()
+        for parts, mask, _ in (f for fs in getattr(self, "_frames", {}).values() for f in fs):
+            if mask is not None:
+                mask.close()
         for ds in self._open:
             ds.close()
         self._open = []
 
 
-def open_scene(path) -> Scene:
-    """Open a scene from a JSON manifest or an ``.npz`` file, validating it with clear errors."""
+def open_scene(path, resolution: Optional[float] = None, extent: str = "union", crs=None,
+               nodata: Optional[dict] = None) -> Scene:
+    """Open a scene from a JSON manifest or an ``.npz`` file, validating it with clear errors.
+
+    For manifests: the output grid's ``resolution`` (CRS units; None: the first frame's grid when all
+    frames share it, else its pixel size), ``extent`` ("union" or "intersection" of the frames),
+    ``crs`` (None: the first frame's) and ``nodata`` ({source or "*": value}, overriding the files'
+    nodata tags; a frame's own "nodata" takes precedence). An ``.npz`` scene has one grid already.
+    """
     path = Path(path)
     if not path.is_file():
         raise SceneError(f"{path}: no such scene file")
     if path.suffix.lower() == ".npz":
         return NpzScene(path)
     if path.suffix.lower() == ".json":
-        return ManifestScene(path)
+        return ManifestScene(path, resolution, extent, crs, nodata)
     raise SceneError(f"{path}: a scene is a JSON manifest (.json) or an .npz file")
 
 

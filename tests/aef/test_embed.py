@@ -235,13 +235,14 @@ def _break(scene, how, tmp_path):
         m["sources"]["sentinel2"][0]["path"] = str(tmp_path / "gone.tif")
     elif how == "wrong bands":
         m["sources"]["sentinel2"][0]["path"] = m["sources"]["sentinel2"][0]["mask"]
-    elif how == "other grid":
+    elif how == "not georeferenced":
         with rasterio.open(scene.parent / "sentinel1_0.tif") as ds:
             profile, data = ds.profile, ds.read()
-        profile.update(width=ds.width - 1)
-        with rasterio.open(tmp_path / "narrow.tif", "w", **profile) as dst:
-            dst.write(data[:, :, :-1])
-        m["sources"]["sentinel1"][0]["path"] = str(tmp_path / "narrow.tif")
+        profile.pop("crs")
+        profile.pop("transform")
+        with rasterio.open(tmp_path / "plain.tif", "w", **profile) as dst:
+            dst.write(data)
+        m["sources"]["sentinel1"][0]["path"] = str(tmp_path / "plain.tif")
     elif how == "not a raster":
         (tmp_path / "junk.tif").write_bytes(b"II*\x00 definitely not a tiff")
         m["sources"]["sentinel2"][0]["path"] = str(tmp_path / "junk.tif")
@@ -260,7 +261,7 @@ def _break(scene, how, tmp_path):
     ("bad time", "sources.sentinel2\\[1\\].time.*ISO 8601"),
     ("missing file", "gone.tif does not exist"),
     ("wrong bands", "has 1 bands; sentinel2 needs 5"),
-    ("other grid", "another grid"),
+    ("not georeferenced", "plain.tif: cannot be brought onto the output grid"),
     ("not a raster", "not a readable raster"),
     ("empty frames", "non-empty list"),
 ])
