@@ -8,8 +8,9 @@
 // so a warp reads whole pixel rows of C channels, coalesced whatever CG is (the model's groups are
 // 2 to 8 channels, narrower than one 32-byte sector).
 //
-// Forward: (1) per (frame, chunk, channel) the Welford mean and M2 over the chunk's pixels, the
-// threads of a channel merged in a fixed order through shared memory; (2) a warp per (frame, group)
+// Forward: (1) per (frame, chunk, channel) the mean and M2 over the chunk's pixels, from sums of
+// x - K (K the channel's value at the chunk's first pixel) added over the threads of a channel in a
+// fixed order through shared memory; (2) a warp per (frame, group)
 // merges its chunks x CG partials with Chan's formula (fixed lane assignment, then a fixed shuffle
 // tree) into mean and rstd; (3) the elementwise apply.
 // Backward, with d the gradient of the pre-activation (GELU' recomputed from x): (1) per (frame,
@@ -57,11 +58,6 @@ struct Shape {
   int64_t N, HW, C, G, CG, chunk_pixels, chunks;
 };
 
-// Pixels of a chunk visited by thread row `ty` of `rows` (pixels ty, ty + rows, ...).
-__device__ __forceinline__ int64_t pixels_of_row(int64_t npix, int ty, int rows) {
-  return ty < npix ? (npix - ty + rows - 1) / rows : 0;
-}
-
 struct Chunk {
   int64_t n, offset, npix;  // frame, element offset of the chunk's first pixel, pixel count
 };
@@ -78,8 +74,8 @@ template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
     group_norm_fwd_partials(const T* __restrict__ x, float2* __restrict__ partials, Shape s) {
   using P = Pack<T, VEC>;
-  __shared__ float sh_mean[kThreads * VEC];
-  __shared__ float sh_m2[kThreads * VEC];
+  __shared__ float sh_s1[kThreads * VEC];
+  __shared__ float sh_s2[kThreads * VEC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int TX = blockDim.x, TY = blockDim.y;
   const int slot = (ty * TX + tx) * VEC;
@@ -89,38 +85,50 @@ __global__ void __launch_bounds__(kThreads)
     const Chunk ch = chunk_of(w, s);
     for (int64_t k0 = 0; k0 < packs; k0 += TX) {
       const int64_t k = k0 + tx;
-      float mean[VEC], m2[VEC];
+      // Sums of x - K and (x - K)^2 with K the channel's value at the chunk's first pixel, shared
+      // by every thread row, so rows merge by plain addition. Running means (Welford, Chan) round
+      // at the data's magnitude on every update and those errors enter M2 at first order: a group
+      // with a large mean and a small spread lost most of its variance's digits that way.
+      float shift[VEC], s1[VEC], s2[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) mean[i] = m2[i] = 0.f;
+      for (int i = 0; i < VEC; ++i) shift[i] = s1[i] = s2[i] = 0.f;
       if (k < packs) {
         const T* xk = x + ch.offset + k * VEC;
-        float cnt = 0.f;
+        const P v0 = *reinterpret_cast<const P*>(xk);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) shift[i] = to_float(v0.v[i]);
         for (int64_t p = ty; p < ch.npix; p += TY) {
           const P v = *reinterpret_cast<const P*>(xk + p * s.C);
 #pragma unroll
-          for (int i = 0; i < VEC; ++i) chan_merge(cnt, 1.f, mean[i], m2[i], to_float(v.v[i]), 0.f);
-          cnt += 1.f;
+          for (int i = 0; i < VEC; ++i) {
+            const float dv = to_float(v.v[i]) - shift[i];
+            s1[i] += dv;
+            s2[i] = fmaf(dv, dv, s2[i]);
+          }
         }
       }
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        sh_mean[slot + i] = mean[i];
-        sh_m2[slot + i] = m2[i];
+        sh_s1[slot + i] = s1[i];
+        sh_s2[slot + i] = s2[i];
       }
       __syncthreads();
       if (ty == 0 && k < packs) {
-        float na = static_cast<float>(pixels_of_row(ch.npix, 0, TY));
         for (int j = 1; j < TY; ++j) {
-          const float nb = static_cast<float>(pixels_of_row(ch.npix, j, TY));
-          if (nb == 0.f) break;  // later rows have no pixels either
           const int other = (j * TX + tx) * VEC;
 #pragma unroll
-          for (int i = 0; i < VEC; ++i) chan_merge(na, nb, mean[i], m2[i], sh_mean[other + i], sh_m2[other + i]);
-          na += nb;
+          for (int i = 0; i < VEC; ++i) {
+            s1[i] += sh_s1[other + i];
+            s2[i] += sh_s2[other + i];
+          }
         }
+        const float n = static_cast<float>(ch.npix);
         float2* out = partials + w * s.C + k * VEC;
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) out[i] = make_float2(mean[i], m2[i]);
+        for (int i = 0; i < VEC; ++i) {
+          const float d = s1[i] / n;  // mean - K
+          out[i] = make_float2(shift[i] + d, fmaxf(fmaf(-s1[i], d, s2[i]), 0.f));
+        }
       }
       __syncthreads();  // the next pass overwrites the shared arrays
     }

@@ -298,3 +298,33 @@ def test_attention_reads_operands_past_2_31_elements(emu, dtype, within_referenc
         within_reference_error(f"offsets past 2^31: {name}", out, lo, ex, factor, dtype,
                                scale=max(terms.get(name, 0.0), ex.abs().max().item()))
     emulator.PASSED["attention"] += 1
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_non_finite_sequence_leaves_the_others_bitwise_unchanged(emu, dtype, poison):
+    """NaN or Inf in q, k, v and dO of one sequence (pixel (0, 0), head 0 of sample 0, at valid
+    positions) changes no bit of any other sequence's o, lse, dq, dk or dv: a warp's tile never
+    mixes sequences."""
+    B, T, H, W, NH, d = 2, 17, 2, 2, 2, 32
+    gen = torch.Generator().manual_seed(9)
+    shape = (B, T, H, W, NH, d)
+    q, k, v, grad = (torch.randn(shape, generator=gen).to(dtype) for _ in range(4))
+    mask = ops.embed((torch.rand((B, T, H, W), generator=gen) > 0.2).to(torch.uint8))
+    results = []
+    for poisoned in (False, True):
+        xs = [x.clone() for x in (q, k, v, grad)]
+        if poisoned:
+            for x in xs:
+                x[0, 3:7, 0, 0, 0, :5] = poison
+        kq, kk, kv, kg = (ops.embed(x) for x in xs)
+        emu.reset(seed=4)
+        o, lse = ops.attention_fwd(emu, kq, kk, kv, mask, d ** -0.5)
+        results.append((o, lse, *ops.attention_bwd(emu, kg, kq, kk, kv, o, lse, mask, d ** -0.5)))
+    assert not torch.isfinite(results[1][0][0, :, 0, 0, 0]).all(), "the poison did not reach its own sequence"
+    others = torch.ones((B, H, W, NH), dtype=torch.bool)
+    others[0, 0, 0, 0] = False
+    for name, clean, dirty in zip(("o", "lse", "dq", "dk", "dv"), *results):
+        sel = others[:, None].expand(B, T, H, W, NH)
+        assert torch.equal(_bits(clean[sel]), _bits(dirty[sel])), f"{name} of a clean sequence changed"
+    emulator.PASSED["attention"] += 1

@@ -138,6 +138,7 @@ def test_batch_uniformity_matches_float64_reference(emu, dtype, B, M, D, pad, u_
     written outside the outputs, bitwise equal under two schedules."""
     gen = torch.Generator().manual_seed(B * 100 + D)
     uc = torch.randn(B, M, D, generator=gen).to(dtype)
+    uc[0, M - 1] = 0  # dots of exactly 0: no sign, no gradient through them
     grad = torch.randn((), generator=gen).to(dtype)
     g = ops.Guarded((B * M * (D + pad),), dtype, offset=u_off)
     u = g.t.as_strided((B, M, D), (M * (D + pad), D + pad, 1))
@@ -157,6 +158,26 @@ def test_batch_uniformity_matches_float64_reference(emu, dtype, B, M, D, pad, u_
                            scale=(uc.double().abs() * uc.double().roll(1, 0).abs()).sum(-1).max().item())
     within_reference_error("uniformity du", du, ldu.to(dtype), edu, 3, dtype)
     emulator.PASSED["batch_uniformity"] += 1
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+def test_batch_uniformity_launch_paths_are_all_taken(emu, dtype):
+    """The cases above reach every instantiation the launchers can choose for ``dtype``: 8-lane
+    packed, 32-lane packed and element-wise rows, forward and backward, and the final sum."""
+    emu.reset(0)
+    seen = set()
+    for _, B, M, D, pad, u_off, du_off, max_partials in [c for c in UNIFORMITY_CASES if c[0] == dtype]:
+        g = ops.Guarded((B * M * (D + pad),), dtype, offset=u_off)
+        u = g.t.as_strided((B, M, D), (M * (D + pad), D + pad, 1))
+        u.normal_()
+        _, dots = ops.uniformity_fwd(emu, u, max_partials)
+        ops.uniformity_bwd(emu, torch.ones((), dtype=dtype), u, dots, du_offset=du_off)
+        seen |= {(kernel, caller) for _, kernel, caller in emu.launches()}
+    variants = {"<T, V, 8>", "<T, V, 32>", "<T, 1, 32>"}  # as the launch statements spell them
+    for kernel in ("batch_uniformity_fwd_dots", "batch_uniformity_bwd"):
+        got = {k for k, _ in seen if k.startswith(kernel + "<")}
+        assert got == {kernel + v for v in variants}, sorted(seen)
+    assert any(k == "batch_uniformity_fwd_sum<T>" for k, _ in seen)
 
 
 def _sparse(n_elements, dtype):
