@@ -36,6 +36,13 @@ def axial_time_attention(q, k, v, key_padding_mask, scale):
     if key_padding_mask is not None:
         mask = _sequence_mask(key_padding_mask, H, W, nh)  # (B, 1|S, 1, T)
         valid = mask.any(dim=-1, keepdim=True)  # (B, 1|S, 1, 1)
+        # The mask removes a masked key's score, but P @ V and dS @ K still multiply its zero
+        # probability by the stored k and v (0 * NaN = NaN): masked frames are zeroed, and so are
+        # the queries of a sequence without any valid key, whose q and upstream gradient are ignored.
+        zero = qs.new_zeros(())
+        key_ok = mask.transpose(-1, -2)  # (B, 1|S, T, 1)
+        ks, vs = torch.where(key_ok, ks, zero), torch.where(key_ok, vs, zero)
+        qs = torch.where(valid, qs, zero)
         # A row without any valid key would give NaN; let it attend to everything, then zero it.
         mask = mask | ~valid
 

@@ -87,13 +87,18 @@ def _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t, T, s
 @triton.jit
 def _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r, seq_ok, r_t, Tq, HWN, sqt, dd,
                   BLOCK_D: tl.constexpr):
-    """What the backward needs of the queries at times r_t; lse comes back in base 2."""
+    """What the backward needs of the queries at times r_t; lse comes back in base 2.
+
+    q and dO of a query without any valid key (lse = +inf) are not read: its gradients are zero, and
+    whatever is stored there (a masked pixel's NaN) must not reach a key's gradient through a zero
+    probability."""
     row_ok = seq_ok & (r_t < Tq)
     row = (b_r * Tq + r_t) * HWN + hwn_r
-    q = tl.load(q_ptr + (q_base + r_t * sqt)[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(do_ptr + (row * BLOCK_D)[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
     lse2 = tl.load(lse_ptr + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(delta_ptr + row, mask=row_ok, other=0.0)
+    live = row_ok & (lse2 != float("inf"))
+    q = tl.load(q_ptr + (q_base + r_t * sqt)[:, None] + dd[None, :], mask=live[:, None], other=0.0)
+    do = tl.load(do_ptr + (row * BLOCK_D)[:, None] + dd[None, :], mask=live[:, None], other=0.0)
+    delta = tl.load(delta_ptr + row, mask=live, other=0.0)
     return row_ok, row, q, do, lse2, delta
 
 
@@ -103,7 +108,36 @@ def _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION:
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     p = tl.where(valid, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-    return p, p * (dp - delta[:, None])
+    # Selected, not multiplied: dp of a masked or other-sequence key may be inf (0 * inf = NaN).
+    return p, tl.where(valid, p * (dp - delta[:, None]), 0.0)
+
+
+@triton.jit
+def _any_nonfinite(x):
+    """Whether a tile holds a NaN or an infinity."""
+    return tl.max(tl.max(tl.where(tl.abs(x) < float("inf"), 0, 1), axis=1), axis=0) != 0
+
+
+@triton.jit
+def _fwd_tile(q, k, v, valid, qk_scale, DOT_PRECISION: tl.constexpr):
+    """Unnormalised output, row sums and (finite) row maxima of one single-tile score matrix."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    s = tl.where(valid, s, float("-inf"))
+    m_i = tl.max(s, axis=1)
+    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+    p = tl.exp2(s - m_safe[:, None])
+    return tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION), tl.sum(p, axis=1), m_safe
+
+
+@triton.jit
+def _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, DOT_PRECISION: tl.constexpr):
+    """dq, dk, dv of one single-tile score matrix."""
+    p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION)
+    ds = ds.to(q.dtype)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+    dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale
+    dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * scale
+    return dq, dk, dv
 
 
 @triton.jit
@@ -151,13 +185,20 @@ def _attn_fwd_kernel(
 
     if single:
         _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t0, T, skt, svt, smt, dd)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(same_seq & col_ok[None, :], s, float("-inf"))
-        m_i = tl.max(s, axis=1)
-        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        valid = same_seq & col_ok[None, :]
+        acc, l_i, m_safe = _fwd_tile(q, k, v, valid, qk_scale, DOT_PRECISION)
+        if _any_nonfinite(acc):
+            # P @ V multiplies the zero probabilities of other sequences' keys by their values, so
+            # one sequence's inf reaches every row of the tile (0 * inf = NaN). Rare, so detected
+            # rather than prevented: redo the tile once per sequence with the other sequences'
+            # values zeroed, keeping that sequence's rows.
+            for j in range(0, seqs):
+                on_r = r_seq == j
+                acc_j, l_j, m_j = _fwd_tile(q, k, tl.where((c_seq == j)[:, None], v, 0.0), valid, qk_scale,
+                                            DOT_PRECISION)
+                acc = tl.where(on_r[:, None], acc_j, acc)
+                l_i = tl.where(on_r, l_j, l_i)
+                m_safe = tl.where(on_r, m_j, m_safe)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -240,11 +281,21 @@ def _attn_bwd_kernel(
                                                         seq_r_ok, r_t0, Tq, HWN, sqt, dd, BLOCK_D)
         in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt,
                                             svt, smt, dd)
-        p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale, DOT_PRECISION)
-        ds = ds.to(q.dtype)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
-        dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale
-        dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * scale
+        valid = same_seq & col_ok[None, :]
+        dq, dk, dv = _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, DOT_PRECISION)
+        if _any_nonfinite(dq) | _any_nonfinite(dk) | _any_nonfinite(dv):
+            # As in the forward: the dots multiply zero entries of P and dS by other sequences' q,
+            # k and dO, so a non-finite one there reaches every sequence of the tile. Redo the tile
+            # once per sequence with the other sequences' operands zeroed.
+            for j in range(0, seqs):
+                on_r = (r_seq == j)[:, None]
+                on_c = (c_seq == j)[:, None]
+                dq_j, dk_j, dv_j = _bwd_tile(tl.where(on_r, q, 0.0), tl.where(on_c, k, 0.0), v,
+                                             tl.where(on_r, do, 0.0), lse2, delta, valid, qk_scale, scale,
+                                             DOT_PRECISION)
+                dq = tl.where(on_r, dq_j, dq)
+                dk = tl.where(on_c, dk_j, dk)
+                dv = tl.where(on_c, dv_j, dv)
         col = (b_c * T + c_t0) * HWN + hwn_c
         _store_rows(dq_ptr, row, dq, row_ok, dd, BLOCK_D)
         _store_rows(dk_ptr, col, dk, in_range, dd, BLOCK_D)
