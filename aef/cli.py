@@ -1,4 +1,4 @@
-"""The ``aef`` command: ``aef train``, ``aef embed`` and ``aef show``.
+"""The ``aef`` command: ``aef train``, ``aef stats``, ``aef embed`` and ``aef show``.
 
 Errors the user can fix (bad arguments, missing or corrupt files, malformed manifests) are reported
 as one ``aef <command>: error: ...`` line and exit status 2; ``--debug`` shows the traceback instead.
@@ -62,6 +62,30 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _nodata(text: str) -> tuple:
+    """``--nodata`` "0" (every source) or "landsat=0" -> ("*" or source, value)."""
+    name, _, value = text.rpartition("=")
+    try:
+        return name.strip() or "*", float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected V or SOURCE=V with a number V, got {text!r}") from None
+
+
+def _add_grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolution", type=float, default=10.0,
+                   help="output pixel size in CRS units (default 10); frames on other grids are reprojected")
+    p.add_argument("--extent", choices=["union", "intersection"], default="union",
+                   help="output extent: the union (default) or intersection of the frames' extents")
+    p.add_argument("--crs", default=None, help="output CRS (default: the first frame's), e.g. EPSG:32621")
+    p.add_argument("--nodata", type=_nodata, action="append", default=[], metavar="[SOURCE=]V",
+                   help="nodata value of every source, or of SOURCE; overrides the files' tags (a manifest "
+                        "frame's own \"nodata\" wins); repeatable")
+
+
+def _scene_options(args) -> dict:
+    return dict(resolution=args.resolution, extent=args.extent, crs=args.crs, nodata=dict(args.nodata))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aef", description="AlphaEarth Foundations: train the model, embed "
                                      "scenes into 64-band embedding GeoTIFFs, and look at them.")
@@ -77,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic", type=_positive, metavar="N", default=None,
                       help="train on N synthetic samples (the default, with N = 256)")
     data.add_argument("--data", type=Path, metavar="DIR", help="train on the .npz samples in DIR")
+    t.add_argument("--stats", type=Path, metavar="JSON",
+                   help="input statistics (aef stats) stored in the model; default: computed from --data "
+                        "before step 1")
     t.add_argument("--side", type=_positive, default=32, help="patch side L of synthetic samples (default 32)")
     t.add_argument("--frames", type=_frames, default=None, metavar="NAME=N,...",
                    help="frames per source of synthetic samples, e.g. sentinel2=4,sentinel1=2,glo30=1 "
@@ -119,7 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard", default=None, metavar="I/N",
                    help="embed the I-th of N parts of the tiles (or 'auto' under torchrun); then --merge")
     e.add_argument("--merge", action="store_true", help="merge the shard partials of --out into --out")
+    _add_grid_args(e)
+    e.add_argument("--stats", type=Path, metavar="JSON",
+                   help="input statistics (from aef stats) for a --preset model; default: computed from the "
+                        "scene (a --checkpoint carries its own)")
+    e.add_argument("--year-layout", action="store_true",
+                   help="--out is a folder: write OUT/YEAR/NAME.tif (NAME: the scene's file name), the layout "
+                        "of TorchGeo's GoogleSatelliteEmbedding")
     _add_model_args(e)
+
+    st = sub.add_parser("stats", help="per-source, per-band input statistics (after the transform) as JSON",
+                        description="Compute the per-band statistics of aef.preprocess (after each source's "
+                                    "transform) over .npz samples (files or folders) or scenes (JSON manifests, "
+                                    ".npz scenes), in one streaming pass.")
+    st.add_argument("data", nargs="+", type=Path, help=".npz samples, folders of them, or scene manifests")
+    st.add_argument("--out", type=Path, required=True, help="statistics JSON to write")
+    _add_grid_args(st)
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("show", help="PCA map (and similarity map) of an embedding GeoTIFF as PNG")
     s.add_argument("embeddings", type=Path, help="embedding GeoTIFF written by aef embed")
@@ -159,7 +202,7 @@ def _check_config(args, default_preset: Optional[str]) -> None:
         raise ValueError(f"--override: {e}" if args.override else str(e)) from None
 
 
-def _embed_model(args, device):
+def _embed_model(args, device, scene):
     import torch
 
     from .checkpoint import load_model
@@ -167,11 +210,24 @@ def _embed_model(args, device):
 
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, device, args.backend, verify_weights=not args.no_verify_weights)
+        if args.stats is not None:
+            raise ValueError("--stats: a checkpoint carries the statistics it was trained with; --stats is for "
+                             "--preset models")
     elif args.preset is not None:
         print(f"aef embed: no --checkpoint, using preset {args.preset!r} with random weights (seed "
               f"{args.seed}); the embeddings carry no meaning", file=sys.stderr)
+        from .preprocess import Statistics
+
+        if args.stats is not None:
+            stats = Statistics.load(args.stats)
+        else:
+            from .stats import scene_statistics
+
+            print("aef embed: input statistics computed from the scene (pass --stats to use others)",
+                  file=sys.stderr)
+            stats = scene_statistics(scene, progress=not args.no_progress)
         torch.manual_seed(args.seed)
-        model = AEF(args.preset, backend=args.backend, **args.override).to(device)
+        model = AEF(args.preset, backend=args.backend, statistics=stats.to_dict(), **args.override).to(device)
     else:
         raise ValueError("give --checkpoint (a trained model) or --preset (random weights, for testing)")
     return model.eval()
@@ -197,10 +253,18 @@ def cmd_embed(args) -> int:
         import os
 
         device = _device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
-    with open_scene(args.scene) as scene:
-        model = _embed_model(args, device)
-        written = embed_scene(model, scene, args.out, period=period, tiling=tiling, dtype=args.dtype,
-                              batch=args.batch, device=device, shard=(index, count), progress=progress)
+    with open_scene(args.scene, **_scene_options(args)) as scene:
+        model = _embed_model(args, device, scene)
+        from .embed import default_period, model_tags, year_layout_path
+
+        out = args.out
+        if args.year_layout:
+            out = year_layout_path(args.out, args.scene, period or default_period(scene))
+            out.parent.mkdir(parents=True, exist_ok=True)
+        tags = model_tags(model, None if args.checkpoint else args.preset,
+                          str(args.checkpoint) if args.checkpoint else None)
+        written = embed_scene(model, scene, out, period=period, tiling=tiling, dtype=args.dtype,
+                              batch=args.batch, device=device, shard=(index, count), progress=progress, tags=tags)
     if count > 1 and args.shard == "auto":
         _merge_after_all_ranks(args.out, count, index, progress)
     elif count > 1:
@@ -238,6 +302,15 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_stats(args) -> int:
+    from .stats import compute_statistics, describe, write_statistics
+
+    stats = compute_statistics(args.data, progress=not args.no_progress, scene_options=_scene_options(args))
+    print(describe(stats), file=sys.stderr)
+    print(write_statistics(stats, args.out))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .train import train
 
@@ -249,7 +322,7 @@ def cmd_train(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": cmd_train, "embed": cmd_embed, "show": cmd_show}[args.command]
+    command = {"train": cmd_train, "embed": cmd_embed, "show": cmd_show, "stats": cmd_stats}[args.command]
     try:
         return command(args)
     except USER_ERRORS as e:

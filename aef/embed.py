@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from . import preprocess as _pre
 from . import quantize as _q
 from .geo import BAND_NAMES, EMBED_DIM, Grid, Scene, SceneError, calendar_year, create_raster, format_time, \
     require_rasterio
@@ -32,6 +33,8 @@ from .geo import BAND_NAMES, EMBED_DIM, Grid, Scene, SceneError, calendar_year, 
 OUTPUT_DTYPES = ("int8", "float32")
 # Rows per block when merging shard partials; bounds the merge's memory to a few rows of the scene.
 MERGE_ROWS = 256
+# Tags of a shard partial that do not describe the final raster.
+SHARD_TAGS = ("AEF_SHARD", "AEF_ROW0", "AEF_ROWS", "AEF_HEIGHT", "AEF_DTYPE")
 
 
 @dataclass(frozen=True)
@@ -152,10 +155,14 @@ def _embed_tiles(model, scene: Scene, tiles: Sequence[tuple[int, int]], tiling: 
     for name in scene.source_names:
         ds, vs = zip(*(scene.read(name, i * t - b, j * t - b, side, side) for i, j in tiles))
         d, v = np.stack(ds), np.stack(vs)
-        observed += v.sum(axis=1)
-        # The model ignores masked pixels whatever they hold; zeros keep NaN out of every kernel.
-        data[name] = torch.from_numpy(np.where(v[..., None], d, np.float32(0))).to(device)
-        masks[name] = torch.from_numpy(v).to(device)
+        # Per-band validity: a frame missing some bands still counts with the others.
+        band = torch.from_numpy(v[..., None] & np.isfinite(d))
+        if model.statistics is not None:
+            _, band = _pre.transform(torch.from_numpy(d), band, model.input_specs[name])
+        observed += band.any(dim=-1).numpy().sum(axis=1)
+        # The model ignores masked values whatever they hold; zeros keep NaN out of every kernel.
+        data[name] = torch.from_numpy(np.where(band.numpy(), d, np.float32(0))).to(device)
+        masks[name] = band.to(device)
         times[name] = torch.from_numpy(np.broadcast_to(scene.timestamps[name], v.shape[:2]).copy()).to(device)
     periods = torch.tensor([period] * len(tiles), dtype=torch.int64, device=device)
     emb = model.embed(data, times, periods, masks)
@@ -165,11 +172,14 @@ def _embed_tiles(model, scene: Scene, tiles: Sequence[tuple[int, int]], tiling: 
 
 def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] = None,
                 tiling: Tiling = Tiling(), dtype: str = "int8", batch: int = 4, device="cpu",
-                shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path:
+                shard: tuple[int, int] = (0, 1), progress: bool = True, tags: Optional[dict] = None,
+                cog: bool = True) -> Path:
     """Embed ``scene`` with ``model`` into ``out`` (or, when sharded, into this shard's partial file).
 
     Returns the path written. ``period`` is [start, end) epoch ms (default: the calendar year of the
-    data). ``dtype`` is "int8" (the paper's quantisation, AEF_MODEL.md §4) or "float32".
+    data). ``dtype`` is "int8" (the paper's quantisation, AEF_MODEL.md §4) or "float32". ``tags``
+    are added to the raster's (see :func:`model_tags`). The output is a Cloud-Optimized GeoTIFF
+    (:mod:`aef.cog`) unless ``cog`` is False.
     """
     from tqdm.auto import tqdm
 
@@ -188,7 +198,8 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
     index, count = shard
     rows = range(index * n_rows // count, (index + 1) * n_rows // count)
     tags = dict(AEF_PERIOD_START=format_time(period[0]), AEF_PERIOD_END=format_time(period[1]),
-                AEF_TILING=f"tile={tiling.tile} buffer={tiling.buffer} trim={tiling.trim}")
+                AEF_TILING=f"tile={tiling.tile} buffer={tiling.buffer} trim={tiling.trim}",
+                **(tags or model_tags(model)))
     if count == 1:
         path, row0, row1 = out, 0, grid.height
         partial = path.with_name(path.name + ".partial")
@@ -238,8 +249,40 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
         bar.close()
     ds.close()
     # Rename only when complete, so a crash never leaves an output that looks finished.
-    os.replace(partial, path)
+    _finish(partial, path, cog and count == 1)
     return path
+
+
+def _finish(partial: Path, path: Path, cog: bool) -> None:
+    if cog:
+        from .cog import write_cog
+
+        try:
+            write_cog(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    else:
+        os.replace(partial, path)
+
+
+def year_layout_path(out_dir, scene_path, period) -> Path:
+    """OUT_DIR/YEAR/NAME.tif: YEAR of the period's start, NAME the scene file's name without suffix."""
+    import datetime as dt
+
+    year = dt.datetime.fromtimestamp(period[0] / 1000, tz=dt.timezone.utc).year
+    return Path(out_dir) / str(year) / f"{Path(scene_path).stem}.tif"
+
+
+def model_tags(model, preset: Optional[str] = None, checkpoint: Optional[str] = None) -> dict:
+    """Raster tags naming the model: preset (or "custom"), checkpoint, weights digest, statistics."""
+    import json
+
+    from .checkpoint import weights_digest
+
+    stats = model.config.statistics
+    return dict(AEF_PRESET=preset or "custom", AEF_CHECKPOINT=checkpoint or "none (random weights)",
+                AEF_WEIGHTS_SHA256=weights_digest(model.state_dict()),
+                AEF_STATISTICS=json.dumps(stats, separators=(",", ":")) if stats is not None else "none")
 
 
 def _flush(writer: _Writer, acc, obs, top: int, stop: int, row0: int, row1: int, o: int, width: int) -> None:
@@ -292,7 +335,7 @@ def merge_shards(out, progress: bool = True, remove_partials: bool = True) -> Pa
                 raise SceneError(f"{p.name}: written with other settings than {parts[0].name}")
         width = parts[0].width
         grid = Grid(height, width, parts[0].crs, _shift_rows(parts[0].transform, -int(first["AEF_ROW0"])))
-        keep = ("AEF_PERIOD_START", "AEF_PERIOD_END", "AEF_TILING")
+        keep = [k for k in first if k.startswith("AEF_") and k not in SHARD_TAGS]
         ds = create_raster(out.with_name(out.name + ".partial"), grid, EMBED_DIM, dtype, _nodata(dtype),
                            BAND_NAMES, {k: first[k] for k in keep})
         with ds, tqdm(total=height, unit="row", desc=f"merge {out.name}", disable=not progress) as bar:
@@ -311,7 +354,7 @@ def merge_shards(out, progress: bool = True, remove_partials: bool = True) -> Pa
     finally:
         for p in parts:
             p.close()
-    os.replace(out.with_name(out.name + ".partial"), out)
+    _finish(out.with_name(out.name + ".partial"), out, cog=True)
     if remove_partials:
         for i in range(n):
             shard_path(out, i, n).unlink()

@@ -179,6 +179,26 @@ def _run_args(args) -> dict:
     return out
 
 
+def _statistics(args, d: Dist) -> Optional[dict]:
+    """The input statistics a new run stores in its model: --stats, else computed from --data before
+    step 1; synthetic data are generated in model space and need none."""
+    from .preprocess import Statistics
+    from .stats import compute_statistics
+
+    path = getattr(args, "stats", None)
+    if path is not None:
+        return Statistics.load(path).to_dict()
+    if args.data is None:
+        if d.main:
+            print("aef train: synthetic data are in model space; no input statistics", file=sys.stderr)
+        return None
+    if not Path(args.data).is_dir():
+        raise ValueError(f"--data: {args.data} is not a folder")
+    if d.main:
+        print(f"aef train: computing input statistics from {args.data} (pass --stats to skip)", file=sys.stderr)
+    return compute_statistics([args.data], progress=d.main and not args.no_progress).to_dict()
+
+
 def _dataset(args, model):
     from .data import NpzDataset, SyntheticDataset
 
@@ -307,7 +327,8 @@ def _train(args, d: Dist) -> Optional[dict]:
         model = ckpt.load_model(resume_from, d.device, args.backend)
         start = int(state["step"])
     else:
-        model = AEF(args.preset or "small", backend=args.backend, **args.override).to(d.device)
+        model = AEF(args.preset or "small", backend=args.backend, statistics=_statistics(args, d),
+                    **args.override).to(d.device)
     model.train()
     optimizer, scheduler = build_optimizer(model.parameters(), args.steps, lr=args.lr,
                                            warmup_fraction=warmup / args.steps)
