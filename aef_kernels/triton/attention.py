@@ -7,7 +7,8 @@ math, so neither the 65,535 limit of the other grid axes nor 2^31 elements bound
 
 Two paths, picked per call from (T, Tq):
 
-- **Single tile** (T and Tq up to the tile size: 64 for 16-bit dtypes, 32 for float32): a program
+- **Single tile** (T and Tq up to the tile size: 64 for 16-bit dtypes in the forward and 32 in the
+  backward, 16 for float32; the path is picked per direction): a program
   takes ``seqs`` whole sequences and packs their queries into one BLOCK_M x d tile and their keys
   into one BLOCK_N x d tile, so that ``tl.dot`` works on >= 16 x 16 tiles even for T = 3. Scores
   between different sequences are masked out (the block-diagonal costs FLOPs, but at these sizes
@@ -35,6 +36,7 @@ backward are exp(s - inf) = 0 and its gradients vanish.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,17 +47,26 @@ from torch.library import triton_op
 
 from .. import dispatch
 from ..checks import kernel_dtype_reasons
-from .aot import AOTSpec, make_spec
-from .common import TL_DTYPES, device_reasons, launch
+from .aot import AOTCall
+from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
 
 HEAD_DIMS = (16, 32, 64, 128)
-# Rows and columns of the score tile, which is also the longest T (and Tq) of the single-tile path.
-# 64 x 64 keeps the backward's three accumulators and four operand tiles of 16-bit inputs on chip;
-# float32 operands are twice as large and split in three for tf32x3, so they get 32 x 32.
-TILES = {"fp32": 32, "fp16": 64, "bf16": 64}
+# Rows and columns of the forward's score tile, which is also the longest T (and Tq) of its
+# single-tile path; the backward takes TILES // _BWD_TILE_DIVISOR. Chosen from the faithful AOT
+# compile (benchmarks/notes/triton_aot.md): the backward's three accumulators and four operand
+# tiles of 16-bit inputs spill at 64 x 64 and fit at 32 x 32; float32 operands are twice as large
+# and split in three for tf32x3, and spill at 32 x 32 in both directions.
+TILES = {"fp32": 16, "fp16": 64, "bf16": 64}
+_BWD_TILE_DIVISOR = {"fp32": 1, "fp16": 2, "bf16": 2}
+# The most shared memory any configuration of these kernels takes per block, on sm_80-class and
+# sm_90-class code (tests/aef_kernels/triton/test_aot.py fails when a compiled one exceeds it).
+SHARED_BYTES = {80: 56 * 1024, 90: 80 * 1024}
 DELTA_ROWS = 32
 # Grid axis 0 holds at most 2^31 - 1 programs; program and sequence indices are int32.
 MAX_PROGRAMS = 2**31 - 1
+# Sequence indices are int32 too (_split_sequence), and the padding slots of a call's last packed
+# tile are indexed past S: S plus one tile of slots must stay below 2^31.
+MAX_SEQUENCES = 2**31 - 1 - max(TILES.values())
 LOG2E = 1.4426950408889634
 # fp32 inputs keep fp32 accuracy on the tensor cores through three TF32 products per dot.
 _DOT_PRECISION = {"fp32": "tf32x3", "fp16": "tf32", "bf16": "tf32"}
@@ -353,15 +364,26 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
     return _Config(False, 1, tile, tile)
 
 
-def _blocks(t: str, d: int) -> dict:
-    """The constexprs of the forward and backward kernels for dtype ``t`` and head dim ``d``."""
-    return {"BLOCK_M": TILES[t], "BLOCK_N": TILES[t], "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t]}
+# Warps per (dtype, direction) and head dim 16/32/64/128: the fewest for which the faithful AOT
+# compile shows no spill on sm_80 and sm_90 (the float32 backward at d = 128 spills at any count).
+_WARPS = {("16bit", False): (8, 4, 8, 8), ("16bit", True): (4, 4, 4, 8),
+          ("fp32", False): (4, 2, 4, 8), ("fp32", True): (8, 8, 8, 8)}
 
 
-def _num_warps(d: int) -> int:
-    # From the AOT register report: with 4 warps, d >= 64 spills (the backward from d = 32 on, a few
-    # dozen bytes there); 8 warps halve the per-thread share of the tiles.
-    return 8 if d >= 64 else 4
+def _attn_config(t: str, d: int, backward: bool) -> dict:
+    """Constexprs and launch options of the forward (or backward) kernel for dtype ``t`` and head
+    dim ``d``; the launchers, the dispatcher's reasons and the AOT compilation all take them from
+    here. BLOCK_M is also the longest T of the single-tile path. Two stages: the key loop's K and V
+    tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89 (three stages need
+    114 KB in the forward and 131 KB in the backward on sm_90)."""
+    tile = TILES[t] // _BWD_TILE_DIVISOR[t] if backward else TILES[t]
+    warps = _WARPS[("fp32" if t == "fp32" else "16bit", backward)][HEAD_DIMS.index(d)]
+    return {"BLOCK_M": tile, "BLOCK_N": tile, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
+            "num_warps": warps, "num_stages": 2}
+
+
+def _delta_config(d: int) -> dict:
+    return {"BLOCK_R": DELTA_ROWS, "BLOCK_D": d, "num_warps": 4, "num_stages": 3}
 
 
 def _mask_args(mask: Optional[torch.Tensor], q: torch.Tensor):
@@ -393,14 +415,13 @@ def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     S = B * H * W * NH
     if S == 0 or Tq == 0:
         return o, lse
-    blocks = _blocks(TL_DTYPES[q.dtype], d)
+    blocks = _attn_config(TL_DTYPES[q.dtype], d, backward=False)
     cfg = _config(Tq, T, blocks["BLOCK_M"])
     mask, mask_strides = _mask_args(key_padding_mask, q)
     n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
     grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
     launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
-           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), **blocks,
-           num_warps=_num_warps(d))
+           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), **blocks)
     return o, lse
 
 
@@ -419,15 +440,14 @@ def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     do = grad.contiguous()
     n_rows = S * Tq
     delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
-    launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, BLOCK_R=DELTA_ROWS,
-           BLOCK_D=d)
-    blocks = _blocks(TL_DTYPES[q.dtype], d)
+    launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, **_delta_config(d))
+    blocks = _attn_config(TL_DTYPES[q.dtype], d, backward=True)
     cfg = _config(Tq, T, blocks["BLOCK_M"])
     mask, mask_strides = _mask_args(key_padding_mask, q)
     groups = triton.cdiv(S, cfg.seqs)
     launch(_attn_bwd_kernel, (groups if cfg.single else 2 * groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
            *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, int(cfg.single),
-           **blocks, num_warps=_num_warps(d))
+           **blocks)
     return dq, dk, dv
 
 
@@ -451,12 +471,18 @@ axial_time_attention_fwd.register_autograd(_backward, setup_context=_setup_conte
 def _reasons(q, k, v, key_padding_mask, scale) -> list[str]:
     reasons = device_reasons(q, k, v, key_padding_mask) + kernel_dtype_reasons(q, k, v)
     B, Tq, H, W, NH, d = q.shape
-    if q.dtype in TL_DTYPES:
-        cfg = _config(Tq, k.shape[1], TILES[TL_DTYPES[q.dtype]])
-        groups = triton.cdiv(B * H * W * NH, cfg.seqs)
-        programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
-        if programs > MAX_PROGRAMS:
-            reasons.append(f"{B * H * W * NH} sequences need {programs} programs (grid limit {MAX_PROGRAMS})")
+    if B * H * W * NH > MAX_SEQUENCES:
+        reasons.append(f"{B * H * W * NH} sequences (B*H*W*heads) exceed the int32 sequence index "
+                       f"of the kernels (at most {MAX_SEQUENCES})")
+    if q.dtype in TL_DTYPES and d in HEAD_DIMS:
+        for backward in (False, True):
+            cfg = _config(Tq, k.shape[1], _attn_config(TL_DTYPES[q.dtype], d, backward)["BLOCK_M"])
+            groups = triton.cdiv(B * H * W * NH, cfg.seqs)
+            programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
+            if programs > MAX_PROGRAMS:
+                reasons.append(f"{B * H * W * NH} sequences need {programs} programs (grid limit {MAX_PROGRAMS})")
+                break
+        reasons += shared_memory_reasons("axial_time_attention", SHARED_BYTES, q)
     if d not in HEAD_DIMS:
         reasons.append(f"head dim {d} is not supported (supported: {', '.join(map(str, HEAD_DIMS))})")
     return reasons
@@ -467,23 +493,54 @@ def axial_time_attention(q, k, v, key_padding_mask, scale):
     return axial_time_attention_fwd(q, k, v, key_padding_mask, scale)[0]
 
 
-def aot_specs() -> list[AOTSpec]:
-    """Every kernel variant the launchers can pick: head dim x dtype for the forward, the backward and
-    delta. Tile shapes are fixed; the path and the packing of sequences into a tile are runtime
-    arguments, so one compiled kernel covers both paths."""
-    specs = []
-    for t in TL_DTYPES.values():
-        io = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "mask_ptr": "*i1", "lse_ptr": "*fp32"}
-        grads = {"do_ptr": f"*{t}", "delta_ptr": "*fp32", "dq_ptr": f"*{t}", "dk_ptr": f"*{t}", "dv_ptr": f"*{t}"}
+def aot_calls(sweep: bool = False) -> list:
+    """Forward and backward of the model's two callers for each head dim: the time operator (q, k,
+    v slices of one fused projection, Tq = T) and the summarizer (one contiguous query per pixel, k
+    and v slices), both with the (B, T, H, W) key mask, at T = 8 (single tile) and T = 512 (key
+    loop). bfloat16 is the model's training dtype; float32 runs the forward hot (inference) and the
+    backward outside the hot set. float16 compiles to the same shared memory and spills as bfloat16
+    (every pair in the AOT table of benchmarks/notes/triton_aot.md), so it joins the sweep, with odd
+    sizes, an unaligned fused slice, and the (B, T) and absent masks."""
+    calls = []
+    dtypes = (torch.bfloat16, torch.float32) + ((torch.float16,) if sweep else ())
+    for dtype in dtypes:
+        ty = TL_DTYPES[dtype]
         for d in HEAD_DIMS:
-            blocks = _blocks(t, d)
-            specs += [
-                make_spec(f"attention_fwd_{t}_d{d}", _attn_fwd_kernel, {**io, "o_ptr": f"*{t}"}, blocks,
-                          floats=("qk_scale",), num_warps=_num_warps(d)),
-                make_spec(f"attention_bwd_{t}_d{d}", _attn_bwd_kernel, {**io, **grads}, blocks, floats=("scale",),
-                          num_warps=_num_warps(d)),
-                make_spec(f"attention_bwd_delta_{t}_d{d}", _attn_bwd_delta_kernel,
-                          {"o_ptr": f"*{t}", "do_ptr": f"*{t}", "delta_ptr": "*fp32"},
-                          {"BLOCK_R": DELTA_ROWS, "BLOCK_D": d}),
-            ]
-    return specs
+            # Heads as the presets give them: d_t / 64 in the time operator, one in the summarizer.
+            nh = 4 if d == 64 else 1
+            for T in (8, 512):
+                for train in (False, True) if dtype == torch.float32 else (True,):
+                    tag = f"{ty} d{d} T{T}{'' if train else ' infer'}"
+                    hot = not (train and dtype == torch.float32)
+                    calls.append(AOTCall(f"time {tag}", functools.partial(_aot_run, dtype, 2, T, T, 16, 16, nh, d,
+                                                                          "4d", 0, train), hot))
+                    calls.append(AOTCall(f"summary {tag}", functools.partial(_aot_run, dtype, 2, 1, T, 64, 64, 1, d,
+                                                                             "4d", None, train), hot))
+            if sweep:
+                for T, Tq, mask, offset in ((3, 3, "2d", 1), (17, 17, None, 0), (65, 33, "2d", None),
+                                            (100, 1, None, None)):
+                    calls.append(AOTCall(f"sweep {ty} d{d} T{T} Tq{Tq} mask{mask} off{offset}",
+                                         functools.partial(_aot_run, dtype, 3, Tq, T, 5, 7, 3, d, mask, offset, True),
+                                         hot=False))
+    return calls
+
+
+def _aot_run(dtype, B, Tq, T, H, W, NH, d, mask_kind, fused_offset, train) -> None:
+    """One forward (and backward when ``train``) on meta tensors. ``fused_offset`` None: q is
+    contiguous and k, v are slices of one (.., 2, NH, d) projection; otherwise q, k and v are slices
+    of one (.., 3, NH, d) projection starting ``fused_offset`` elements into its storage."""
+    meta = dict(device="meta", dtype=dtype, requires_grad=train)
+    if fused_offset is None:
+        q = torch.empty((B, Tq, H, W, NH, d), **meta)
+        kv = torch.empty((B, T, H, W, 2, NH, d), **meta)
+        k, v = kv[..., 0, :, :], kv[..., 1, :, :]
+    else:
+        n = B * T * H * W * 3 * NH * d
+        flat = torch.empty((n + fused_offset,), **meta)
+        qkv = flat[fused_offset:].view(B, T, H, W, 3, NH, d)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    shape = {"4d": (B, T, H, W), "2d": (B, T), None: None}[mask_kind]
+    mask = None if shape is None else torch.empty(shape, device="meta", dtype=torch.bool)
+    o = axial_time_attention(q, k, v, mask, d ** -0.5)
+    if train:
+        o.backward(torch.empty_like(o))

@@ -25,14 +25,16 @@ and h, and re-running conv1 would cost 2-3x the time of writing and reading z1 b
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .. import checks, dispatch
-from .aot import AOTSpec
-from .common import TL_DTYPES, device_reasons
+from .aot import AOTCall
+from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -51,6 +53,13 @@ def _gelu(z):
 def _gelu_grad(z):
     cdf = 0.5 * (1.0 + tl.math.erf(z * _INV_SQRT2))
     return cdf + z * tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+@triton.jit
+def _inv_count(HW, CG):
+    """1 / (HW * CG) in float32, the product taken in int64: one group of a large frame holds 2^31
+    elements or more, where an int32 product wraps."""
+    return 1.0 / ((HW + tl.zeros([], tl.int64)) * CG).to(tl.float32)
 
 
 @triton.jit
@@ -261,7 +270,7 @@ def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dres_
         gg = d * gam[None, :]
         s_g += tl.sum(tl.sum(gg, axis=1), axis=0)
         s_gx += tl.sum(tl.sum(gg * xhat, axis=1), axis=0)
-    inv_cnt = 1.0 / (HW * CG).to(tl.float32)
+    inv_cnt = _inv_count(HW, CG)
     a = s_g * inv_cnt
     b = s_gx * inv_cnt
     for p0 in range(0, HW, BLOCK_P):
@@ -311,13 +320,14 @@ def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
 
 def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64 if wide else 32, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
+    # float32 at 16 rows: 32 spill on sm_80 (faithful AOT, benchmarks/notes/triton_aot.md).
+    return dict(BLOCK_M=64 if wide else 16, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
                 num_warps=8, num_stages=3 if wide else 2)
 
 
 def _gn_config(cg: int) -> dict:
     bcg = triton.next_power_of_2(cg)
-    return dict(BLOCK_P=max(16, 2048 // bcg), BLOCK_CG=bcg, num_warps=4)
+    return dict(BLOCK_P=max(16, 2048 // bcg), BLOCK_CG=bcg, num_warps=4, num_stages=3)
 
 
 # Target number of programs for the split-K weight gradient: enough to fill an H100's 132 SMs a few
@@ -349,7 +359,7 @@ def _conv3x3(a, wmat, cout, out_dtype, *, bias=None, norm=None, epilogue=EPI_NON
     cfg = _conv_config(cin, cout, wmat.dtype)
     mean, rstd, gamma, beta, G = norm if norm is not None else (a, a, a, a, 1)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
-    wrap_triton(_conv3x3_kernel)[grid](
+    launch(_conv3x3_kernel, grid,
         a, wmat, bias if bias is not None else a, mean, rstd, gamma, beta,
         z if z is not None else a, res if res is not None else a, out, pre if pre is not None else out,
         M, H, W, cin, cout, G, cin // G,
@@ -378,7 +388,7 @@ def _conv3x3_wgrad(a, dy, *, norm=None):
     db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
     mean, rstd, gamma, beta, G = norm if norm is not None else (a, a, a, a, 1)
     grid = (split, 9 * triton.cdiv(cin, cfg["BLOCK_CI"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
-    wrap_triton(_conv3x3_wgrad_kernel)[grid](
+    launch(_conv3x3_wgrad_kernel, grid,
         a, dy, mean, rstd, gamma, beta, dw, db, M, H, W, cin, cout, G, cin // G, chunk,
         NORM_IN=norm is not None, ONE_FRAME=norm is not None and (H * W) % cfg["BLOCK_M"] == 0,
         DOT_PREC=_dot_prec(dy.dtype), **cfg)
@@ -391,7 +401,7 @@ def _gn_stats(x, G, eps, gamma=None, beta=None, y=None, gelu=False):
     mean = torch.empty((N, G), device=x.device, dtype=torch.float32)
     rstd = torch.empty((N, G), device=x.device, dtype=torch.float32)
     cfg = _gn_config(C // G)
-    wrap_triton(_gn_stats_kernel)[(N * G,)](
+    launch(_gn_stats_kernel, (N * G,),
         x, gamma if gamma is not None else x, beta if beta is not None else x, mean, rstd,
         y if y is not None else x, H * W, C, C // G, G, eps, APPLY=y is not None, GELU=gelu, **cfg)
     return mean, rstd
@@ -405,7 +415,7 @@ def _gn_bwd(dn, x, mean, rstd, gamma, beta, dres=None, gelu=False):
     dgamma = torch.empty((N, C), device=x.device, dtype=torch.float32)
     dbeta = torch.empty((N, C), device=x.device, dtype=torch.float32)
     cfg = _gn_config(C // G)
-    wrap_triton(_gn_bwd_kernel)[(N * G,)](
+    launch(_gn_bwd_kernel, (N * G,),
         dn, x, mean, rstd, gamma, beta, dres if dres is not None else x, dx, dgamma, dbeta,
         H * W, C, C // G, G, GELU=gelu, HAS_RES=dres is not None, **cfg)
     return dx, dgamma.sum(0), dbeta.sum(0)
@@ -508,8 +518,14 @@ _group_norm_fwd.register_autograd(_group_norm_backward, setup_context=_group_nor
 # ------------------------------------------------------------------------------------------------
 # Dispatcher entry points.
 
+# The most shared memory any configuration of this module's kernels takes per block, on sm_80-class
+# and sm_90-class code (tests/aef_kernels/triton/test_aot.py fails when a compiled one exceeds it).
+SHARED_BYTES = {80: 60 * 1024, 90: 76 * 1024}
+
+
 def _reasons(x, *params):
-    return device_reasons(x, *params) + checks.kernel_dtype_reasons(x)
+    return (device_reasons(x, *params) + checks.kernel_dtype_reasons(x)
+            + shared_memory_reasons("precision_operator / group_norm_nhwc", SHARED_BYTES, x))
 
 
 def _precision_reasons(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
@@ -548,91 +564,48 @@ def group_norm_nhwc(x, weight, bias, num_groups, eps, activation):
 # ------------------------------------------------------------------------------------------------
 # Ahead-of-time compilation: every configuration the launchers above can pick.
 
-PRESET_CHANNELS = (16, 32, 64, 96, 128, 256)
-
-
 def _groups(c: int) -> int:
     """The model's group count (AEF_MODEL.md §2 item 4): 32, or C/2 below 64 channels."""
     return 32 if c >= 64 else c // 2
 
 
-def _sig(names_types: list[tuple[str, str]], constexprs: dict) -> dict:
-    return {n: ("constexpr" if n in constexprs else t) for n, t in names_types}
+def aot_calls(sweep: bool = False) -> list[AOTCall]:
+    """The precision operator (training: forward and backward; inference: forward without saved
+    activations) and group_norm_nhwc (with and without GELU, forward and backward) for every dtype at
+    the presets' widths d_p, on 64 x 64 frames (L/2 of a 128-pixel tile), so that a row block never
+    straddles two frames. The sweep adds 5 x 7 frames (row blocks across frames, odd sizes) and
+    other widths."""
+    calls = []
+    widths = (16, 32, 64, 96, 128, 256) if sweep else (16, 64, 96, 128)
+    shapes = [(16, 64, 64, True)] + ([(3, 5, 7, False)] if sweep else [])
+    # float16 compiles to the same shared memory and spills as bfloat16 (benchmarks/notes/triton_aot.md).
+    dtypes = (torch.bfloat16, torch.float32) + ((torch.float16,) if sweep else ())
+    for dtype, ty in ((dt, TL_DTYPES[dt]) for dt in dtypes):
+        for c in widths:
+            for n, h, w, hot in shapes:
+                tag = f"{ty} C{c} {h}x{w}"
+                calls += [AOTCall(f"precision train {tag}", functools.partial(_aot_precision, dtype, n, h, w, c, True),
+                                  hot),
+                          AOTCall(f"precision infer {tag}",
+                                  functools.partial(_aot_precision, dtype, n, h, w, c, False), hot)]
+                calls += [AOTCall(f"group_norm {act} {tag}",
+                                  functools.partial(_aot_group_norm, dtype, n, h, w, c, act), hot)
+                          for act in (None, "gelu")]
+    return calls
 
 
-def _unique(specs: list[AOTSpec]) -> list[AOTSpec]:
-    """The specs, without those compiling to the same kernel as an earlier one (first name kept)."""
-    seen = {}
-    for spec in specs:
-        constexprs = tuple(sorted((k, str(v)) for k, v in spec.constexprs.items()))
-        key = (spec.kernel, tuple(spec.signature.items()), constexprs, spec.num_warps, spec.num_stages)
-        seen.setdefault(key, spec)
-    return list(seen.values())
+def _aot_precision(dtype, n, h, w, c, train) -> None:
+    meta = dict(device="meta", requires_grad=train)
+    x = torch.empty((n, h, w, c), dtype=dtype, **meta)
+    params = [torch.empty(shape, **meta) for shape in ((c,), (c,), (4 * c, c, 3, 3), (4 * c,), (c, 4 * c, 3, 3), (c,))]
+    with torch.set_grad_enabled(train):
+        y = precision_operator(x, *params, _groups(c), 1e-5)
+    if train:
+        y.backward(torch.empty_like(y))
 
 
-def aot_specs() -> list[AOTSpec]:
-    specs: list[AOTSpec] = []
-
-    def add(name, kernel, args, constexprs, num_warps, num_stages):
-        specs.append(AOTSpec(name, kernel, _sig(args, constexprs), constexprs, num_warps, num_stages))
-
-    for dtype, ty in TL_DTYPES.items():
-        p = f"*{ty}"
-        for c in PRESET_CHANNELS:
-            cg = c // _groups(c)
-            gcfg = _gn_config(cg)
-            gw = gcfg.pop("num_warps")
-            for apply, gelu in ((False, False), (True, False), (True, True)):
-                # Unused pointer arguments are passed x (see the launchers), so they have x's type.
-                aff = "*fp32" if apply else p
-                args = [("x_ptr", p), ("gamma_ptr", aff), ("beta_ptr", aff), ("mean_ptr", "*fp32"),
-                        ("rstd_ptr", "*fp32"), ("y_ptr", p), ("HW", "i32"), ("C", "i32"), ("CG", "i32"),
-                        ("G", "i32"), ("eps", "fp32"), ("APPLY", ""), ("GELU", ""), ("BLOCK_P", ""),
-                        ("BLOCK_CG", "")]
-                add(f"gn_stats_{ty}_cg{cg}_apply{int(apply)}_gelu{int(gelu)}", _gn_stats_kernel, args,
-                    dict(APPLY=apply, GELU=gelu, **gcfg), gw, 1)
-            # (GELU, residual): the precision operator's (float32 gradient plus residual), then
-            # group_norm_nhwc's without and with GELU.
-            for gelu, res in ((False, True), (False, False), (True, False)):
-                args = [("dn_ptr", "*fp32" if res else p), ("x_ptr", p), ("mean_ptr", "*fp32"),
-                        ("rstd_ptr", "*fp32"), ("gamma_ptr", "*fp32"), ("beta_ptr", "*fp32"), ("dres_ptr", p),
-                        ("dx_ptr", p), ("dgamma_ptr", "*fp32"), ("dbeta_ptr", "*fp32"), ("HW", "i32"),
-                        ("C", "i32"), ("CG", "i32"), ("G", "i32"), ("GELU", ""), ("HAS_RES", ""),
-                        ("BLOCK_P", ""), ("BLOCK_CG", "")]
-                add(f"gn_bwd_{ty}_cg{cg}_gelu{int(gelu)}_res{int(res)}", _gn_bwd_kernel, args,
-                    dict(GELU=gelu, HAS_RES=res, **gcfg), gw, 1)
-            # (name, cin, cout, norm, bias, epilogue, store_pre, residual, output type)
-            convs = [("conv1", c, 4 * c, True, True, EPI_GELU, True, False, p),
-                     ("conv1_infer", c, 4 * c, True, True, EPI_GELU, False, False, p),
-                     ("conv2", 4 * c, c, False, True, EPI_NONE, False, True, p),
-                     ("dgrad2", c, 4 * c, False, False, EPI_GELU_GRAD, False, False, p),
-                     ("dgrad1", 4 * c, c, False, False, EPI_NONE, False, False, "*fp32")]
-            for name, cin, cout, norm, bias, epi, pre, res, out_ty in convs:
-                cfg = _conv_config(cin, cout, dtype)
-                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                st = "*fp32" if norm else p
-                args = [("a_ptr", p), ("w_ptr", p), ("bias_ptr", p), ("mean_ptr", st), ("rstd_ptr", st),
-                        ("gamma_ptr", st), ("beta_ptr", st), ("z_ptr", p), ("res_ptr", p),
-                        ("out_ptr", out_ty), ("pre_ptr", p if pre else out_ty), ("M", "i32"), ("H", "i32"),
-                        ("W", "i32"), ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"), ("CG", "i32"), ("NORM_IN", ""),
-                        ("ONE_FRAME", ""), ("HAS_BIAS", ""), ("EPILOGUE", ""), ("STORE_PRE", ""), ("HAS_RES", ""),
-                        ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
-                for one_frame in (True, False) if norm else (False,):
-                    ce = dict(NORM_IN=norm, ONE_FRAME=one_frame, HAS_BIAS=bias, EPILOGUE=epi, STORE_PRE=pre,
-                              HAS_RES=res, DOT_PREC=_dot_prec(dtype), **cfg)
-                    tag = "" if not norm else ("_oneframe" if one_frame else "_anyframe")
-                    add(f"conv3x3_{name}{tag}_{ty}_{cin}x{cout}_{out_ty[1:]}", _conv3x3_kernel, args, ce, nw, ns)
-            for name, cin, cout, norm in (("wgrad1", c, 4 * c, True), ("wgrad2", 4 * c, c, False)):
-                cfg = _wgrad_config(cin, cout, dtype)
-                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-                st = "*fp32" if norm else p
-                args = [("a_ptr", p), ("dy_ptr", p), ("mean_ptr", st), ("rstd_ptr", st),
-                        ("gamma_ptr", st), ("beta_ptr", st), ("dw_ptr", "*fp32"), ("db_ptr", "*fp32"),
-                        ("M", "i32"), ("H", "i32"), ("W", "i32"), ("CIN", "i32"), ("COUT", "i32"), ("G", "i32"),
-                        ("CG", "i32"), ("CHUNK", "i32"), ("NORM_IN", ""), ("ONE_FRAME", ""), ("DOT_PREC", ""),
-                        ("BLOCK_M", ""), ("BLOCK_CI", ""), ("BLOCK_CO", "")]
-                for one_frame in (True, False) if norm else (False,):
-                    ce = dict(NORM_IN=norm, ONE_FRAME=one_frame, DOT_PREC=_dot_prec(dtype), **cfg)
-                    tag = "" if not norm else ("_oneframe" if one_frame else "_anyframe")
-                    add(f"conv3x3_{name}{tag}_{ty}_{cin}x{cout}", _conv3x3_wgrad_kernel, args, ce, nw, ns)
-    return _unique(specs)
+def _aot_group_norm(dtype, n, h, w, c, activation) -> None:
+    x = torch.empty((n, h, w, c), dtype=dtype, device="meta", requires_grad=True)
+    weight, bias = (torch.empty((c,), device="meta", requires_grad=True) for _ in range(2))
+    y = group_norm_nhwc(x, weight, bias, _groups(c), 1e-5, activation)
+    y.backward(torch.empty_like(y))

@@ -19,18 +19,19 @@ Channels-last frames. Kernels:
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .. import checks, dispatch
 from ..functional import ExchangeParams
 from ..reference.resample import _cast
-from .aot import AOTSpec
-from .common import TL_DTYPES, device_reasons
+from .aot import AOTCall
+from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
 from .precision import _dot_prec, _wgrad_split
 
 
@@ -250,7 +251,8 @@ def _s2d_wgrad_kernel(a_ptr, dy_ptr, dw_ptr, db_ptr, M, HO, WO, CIN, F, COUT, CH
 def _gemm_config(dtype: torch.dtype, gathers: bool) -> dict:
     wide = dtype != torch.float32
     bk = 64 if wide else 32
-    return dict(BLOCK_M=32 if gathers else 64, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=8,
+    # float32 at 4 warps: 8 spill a few bytes on sm_90 (faithful AOT, benchmarks/notes/triton_aot.md).
+    return dict(BLOCK_M=32 if gathers else 64, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=8 if wide else 4,
                 num_stages=3 if wide else 2)
 
 
@@ -261,11 +263,12 @@ def _dgrad_config(dtype: torch.dtype) -> dict:
 
 def _wgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64 if wide else 32, BLOCK_K=64 if wide else 32, BLOCK_CO=64, num_warps=8,
-                num_stages=3 if wide else 2)
+    # Two stages and, in float32, 16 rows: three stages of 16-bit operands with a float32 gradient,
+    # and 32 float32 rows of an unaligned 7-band input, spill (faithful AOT).
+    return dict(BLOCK_M=64 if wide else 16, BLOCK_K=64 if wide else 32, BLOCK_CO=64, num_warps=8, num_stages=2)
 
 
-_ADJOINT_CONFIG = dict(BLOCK_M=32, BLOCK_C=64, num_warps=8)
+_ADJOINT_CONFIG = dict(BLOCK_M=32, BLOCK_C=64, num_warps=8, num_stages=3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()
     d = list(downs) + [(out, out, 1)] * (2 - len(downs))
     u = [(v, v.shape[1], v.shape[2], 1.0 / f) for v, f in ups] + [(out, 1, 1, 1.0)] * (2 - len(ups))
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]))
-    wrap_triton(_exchange_kernel)[grid](
+    launch(_exchange_kernel, grid,
         out, own if own is not None else out, bias if bias is not None else out,
         d[0][0], d[0][1], d[1][0], d[1][1], u[0][0], u[1][0],
         M, HO, WO, cout, d[0][0].shape[-1], d[0][2], d[1][0].shape[-1], d[1][2],
@@ -310,7 +313,7 @@ def _up_adjoint(dy, lowres_hw, factor):
     M = N * HU * WU
     cfg = _ADJOINT_CONFIG
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(C, cfg["BLOCK_C"]))
-    wrap_triton(_up_adjoint_kernel)[grid](dy, du, M, HU, WU, HO, WO, C, factor, 1.0 / factor, **cfg)
+    launch(_up_adjoint_kernel, grid, dy, du, M, HU, WU, HO, WO, C, factor, 1.0 / factor, **cfg)
     return du
 
 
@@ -323,7 +326,7 @@ def _down_dgrad(dy, w, factor, in_shape, prev=None):
     M = N * HO * WO
     cfg = _dgrad_config(dy.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_N"]))
-    wrap_triton(_down_dgrad_kernel)[grid](dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor,
+    launch(_down_dgrad_kernel, grid, dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor,
                                           cout, HAS_PREV=prev is not None, DOT_PREC=_dot_prec(dy.dtype), **cfg)
     return dx
 
@@ -339,7 +342,7 @@ def _s2d_wgrad(a, dy, factor):
     dw = torch.empty((split, factor * factor * cin, cout), device=a.device, dtype=torch.float32)
     db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
     grid = (split, factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
-    wrap_triton(_s2d_wgrad_kernel)[grid](a, dy, dw, db, M, HO, WO, cin, factor, cout, chunk,
+    launch(_s2d_wgrad_kernel, grid, a, dy, dw, db, M, HO, WO, cin, factor, cout, chunk,
                                          DOT_PREC=_dot_prec(a.dtype), **cfg)
     return dw.sum(0), db.sum(0)
 
@@ -503,12 +506,22 @@ def _power_of_two(f: int) -> bool:
     return f >= 1 and f & (f - 1) == 0
 
 
+# The most shared memory any configuration of this module's kernels takes per block, on sm_80-class
+# and sm_90-class code (tests/aef_kernels/triton/test_aot.py fails when a compiled one exceeds it).
+SHARED_BYTES = {80: 48 * 1024, 90: 64 * 1024}
+
+
+def _resample_reasons(x, *params) -> list[str]:
+    return (device_reasons(x, *params) + checks.kernel_dtype_reasons(x)
+            + shared_memory_reasons("resampling", SHARED_BYTES, x))
+
+
 def _down_reasons(x, weight, bias, factor):
-    return device_reasons(x, weight, bias) + checks.kernel_dtype_reasons(x)
+    return _resample_reasons(x, weight, bias)
 
 
 def _up_reasons(x, weight, bias, factor):
-    reasons = device_reasons(x, weight, bias) + checks.kernel_dtype_reasons(x)
+    reasons = _resample_reasons(x, weight, bias)
     if not _power_of_two(factor):
         reasons.append(f"factor {factor} is not a power of two (the gather needs an exact 1/factor)")
     return reasons
@@ -525,7 +538,7 @@ def resample_up(x, weight, bias, factor):
 
 
 def _exchange_reasons(xs, xt, xp, params):
-    reasons = device_reasons(xs, xt, xp, *params) + checks.kernel_dtype_reasons(xs)
+    reasons = _resample_reasons(xs, xt, xp, *params)
     ts = xt.shape[1] // xs.shape[1]
     pt = xp.shape[1] // xt.shape[1]
     if not (_power_of_two(ts) and _power_of_two(pt)):
@@ -542,60 +555,48 @@ def pyramid_exchange(xs, xt, xp, params: ExchangeParams):
 # ------------------------------------------------------------------------------------------------
 # Ahead-of-time compilation.
 
-def aot_specs() -> list[AOTSpec]:
-    from .precision import _sig, _unique
+def aot_calls(sweep: bool = False) -> list[AOTCall]:
+    """Forward and backward of every resampling the model runs, for every dtype, at the widths of
+    the presets tiny and large on a 128-pixel tile: the source projection (resample_down x2 of a
+    7-band frame), the path initialisations (down x4, x8), the final fuse (up x4, x8) and the pyramid
+    exchange. The sweep adds odd frame sizes and widths."""
+    calls = []
+    presets = [(16, 32, 64), (128, 512, 1024)]
+    tiles = [(4, 128, 7, True)] + ([(3, 80, 5, False)] if sweep else [])
+    # float16 compiles to the same shared memory and spills as bfloat16 (benchmarks/notes/triton_aot.md).
+    dtypes = (torch.bfloat16, torch.float32) + ((torch.float16,) if sweep else ())
+    for dtype, ty in ((dt, TL_DTYPES[dt]) for dt in dtypes):
+        for d_p, d_t, d_s in presets + ([(24, 40, 72)] if sweep else []):
+            for n, L, bands, hot in tiles:
+                tag = f"{ty} {d_p}/{d_t}/{d_s} L{L}"
+                calls += [AOTCall(f"project {tag}", functools.partial(_aot_down, dtype, n, L, bands, d_p, 2), hot),
+                          AOTCall(f"init_t {tag}", functools.partial(_aot_down, dtype, n, L // 2, d_p, d_t, 4), hot),
+                          AOTCall(f"init_s {tag}", functools.partial(_aot_down, dtype, n, L // 2, d_p, d_s, 8), hot),
+                          AOTCall(f"fuse_t {tag}", functools.partial(_aot_up, dtype, n, L // 8, d_t, d_p, 4), hot),
+                          AOTCall(f"fuse_s {tag}", functools.partial(_aot_up, dtype, n, L // 16, d_s, d_p, 8), hot),
+                          AOTCall(f"exchange {tag}", functools.partial(_aot_exchange, dtype, n, L, d_p, d_t, d_s),
+                                  hot)]
+    return calls
 
-    f32 = "*fp32"
-    specs = []
-    for dtype, ty in TL_DTYPES.items():
-        p = f"*{ty}"
-        # (name, out type, types of the down inputs, num_up, own, bias): down-sampling, the up-sampling
-        # gather, the three exchange sums, the 1x1 maps at low resolution (float32 out), the
-        # backward's passes on float32 gradients. Unused pointer slots are passed the output tensor
-        # (see _exchange), so they take its type.
-        passes = [("down", p, (p,), 0, False, True), ("down_nobias", p, (p,), 0, False, False),
-                  ("up_gather", p, (), 1, False, False), ("exch_s", p, (p, p), 0, True, True),
-                  ("exch_s_nobias", p, (p, p), 0, True, False), ("exch_t", p, (p,), 1, True, True),
-                  ("exch_t_nobias", p, (p,), 1, True, False), ("exch_p", p, (), 2, True, False),
-                  ("linear", f32, (p,), 0, False, True), ("linear_nobias", f32, (p,), 0, False, False),
-                  ("up_dx", p, (f32,), 0, False, False), ("bwd_s", p, (f32, f32), 0, True, False),
-                  ("bwd_t", p, (f32,), 0, True, False)]
-        for name, out_ty, a_tys, nu, own, bias in passes:
-            cfg = _gemm_config(dtype, nu > 0)
-            nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-            a1, a2 = (list(a_tys) + [out_ty, out_ty])[:2]
-            w1, w2 = [p if k < len(a_tys) else out_ty for k in range(2)]
-            u1, u2 = [f32 if k < nu else out_ty for k in range(2)]
-            args = [("out_ptr", out_ty), ("own_ptr", p if own else out_ty), ("bias_ptr", p if bias else out_ty),
-                    ("a1_ptr", a1), ("w1_ptr", w1), ("a2_ptr", a2), ("w2_ptr", w2), ("u1_ptr", u1), ("u2_ptr", u2),
-                    ("M", "i32"), ("HO", "i32"), ("WO", "i32"), ("COUT", "i32"), ("CIN1", "i32"), ("F1", "i32"),
-                    ("CIN2", "i32"), ("F2", "i32"), ("HU1", "i32"), ("WU1", "i32"), ("INV_F1", "fp32"),
-                    ("HU2", "i32"), ("WU2", "i32"), ("INV_F2", "fp32"), ("NUM_DOWN", ""), ("NUM_UP", ""),
-                    ("HAS_OWN", ""), ("HAS_BIAS", ""), ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""),
-                    ("BLOCK_K1", ""), ("BLOCK_K2", "")]
-            ce = dict(NUM_DOWN=len(a_tys), NUM_UP=nu, HAS_OWN=own, HAS_BIAS=bias, DOT_PREC=_dot_prec(dtype), **cfg)
-            specs.append(AOTSpec(f"exchange_{name}_{ty}", _exchange_kernel, _sig(args, ce), ce, nw, ns))
-        cfg = dict(_ADJOINT_CONFIG)
-        nw = cfg.pop("num_warps")
-        args = [("dy_ptr", p), ("du_ptr", f32), ("M", "i32"), ("HU", "i32"), ("WU", "i32"), ("HO", "i32"),
-                ("WO", "i32"), ("C", "i32"), ("F", "i32"), ("INV_F", "fp32"), ("BLOCK_M", ""), ("BLOCK_C", "")]
-        specs.append(AOTSpec(f"up_adjoint_{ty}", _up_adjoint_kernel, _sig(args, cfg), cfg, nw, 1))
-        cfg = _dgrad_config(dtype)
-        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-        for prev in (False, True):
-            args = [("dy_ptr", p), ("wt_ptr", p), ("prev_ptr", p), ("dx_ptr", p), ("M", "i32"), ("HO", "i32"),
-                    ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"), ("HAS_PREV", ""),
-                    ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_N", ""), ("BLOCK_K", "")]
-            ce = dict(HAS_PREV=prev, DOT_PREC=_dot_prec(dtype), **cfg)
-            specs.append(AOTSpec(f"down_dgrad_{ty}{'_acc' if prev else ''}", _down_dgrad_kernel, _sig(args, ce),
-                                 ce, nw, ns))
-        cfg = _wgrad_config(dtype)
-        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-        # down-sampling weights (gradient in x's dtype), and the 1x1 maps (float32 gradient)
-        for g_ty in (p, f32):
-            args = [("a_ptr", p), ("dy_ptr", g_ty), ("dw_ptr", f32), ("db_ptr", f32), ("M", "i32"), ("HO", "i32"),
-                    ("WO", "i32"), ("CIN", "i32"), ("F", "i32"), ("COUT", "i32"), ("CHUNK", "i32"),
-                    ("DOT_PREC", ""), ("BLOCK_M", ""), ("BLOCK_K", ""), ("BLOCK_CO", "")]
-            ce = dict(DOT_PREC=_dot_prec(dtype), **cfg)
-            specs.append(AOTSpec(f"s2d_wgrad_{ty}_{g_ty[1:]}", _s2d_wgrad_kernel, _sig(args, ce), ce, nw, ns))
-    return _unique(specs)
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(shape, dtype=dtype, device="meta", requires_grad=True)
+
+
+def _aot_down(dtype, n, size, cin, cout, factor) -> None:
+    y = resample_down(_meta(n, size, size, cin, dtype=dtype), _meta(cout, cin, factor, factor), _meta(cout), factor)
+    y.backward(torch.empty_like(y))
+
+
+def _aot_up(dtype, n, size, cin, cout, factor) -> None:
+    y = resample_up(_meta(n, size, size, cin, dtype=dtype), _meta(cout, cin), _meta(cout), factor)
+    y.backward(torch.empty_like(y))
+
+
+def _aot_exchange(dtype, n, L, d_p, d_t, d_s) -> None:
+    xs, xt, xp = (_meta(n, L // f, L // f, c, dtype=dtype) for f, c in ((16, d_s), (8, d_t), (2, d_p)))
+    params = ExchangeParams(_meta(d_s, d_p, 8, 8), _meta(d_s), _meta(d_s, d_t, 2, 2), _meta(d_s),
+                            _meta(d_t, d_p, 4, 4), _meta(d_t), _meta(d_t, d_s), _meta(d_t), _meta(d_p, d_t), _meta(d_p),
+                            _meta(d_p, d_s), _meta(d_p))
+    ys, yt, yp = pyramid_exchange(xs, xt, xp, params)
+    torch.autograd.backward((ys, yt, yp), (torch.empty_like(ys), torch.empty_like(yt), torch.empty_like(yp)))

@@ -14,6 +14,8 @@ Both are memory bound, so each direction is one pass over the data:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -21,8 +23,8 @@ from torch.library import triton_op
 
 from .. import dispatch
 from ..checks import kernel_dtype_reasons
-from .aot import AOTSpec
-from .common import TL_DTYPES, device_reasons, launch
+from .aot import AOTCall
+from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
 
 # Rows longer than this would need a multi-pass loop over D; the model's embeddings are 64 wide.
 MAX_D = 2048
@@ -32,14 +34,17 @@ MIN_BLOCK_D = 32
 TILE_ELEMENTS = 1024
 MAX_BLOCK_R = 32
 PARTIAL_BLOCK = 1024
-# Triton's name of each kernel dtype, as AOT signatures spell it.
-def _row_blocks(D: int) -> tuple[int, int]:
+
+
+def _rows_config(D: int) -> dict:
+    """Constexprs and launch options of the row kernels for rows of length D; no kernel has a loop
+    to pipeline, so one stage (no shared-memory buffers)."""
     block_d = max(MIN_BLOCK_D, triton.next_power_of_2(D))
-    return max(1, min(MAX_BLOCK_R, TILE_ELEMENTS // block_d)), block_d
+    return dict(BLOCK_R=max(1, min(MAX_BLOCK_R, TILE_ELEMENTS // block_d)), BLOCK_D=block_d,
+                num_warps=4 if block_d <= 1024 else 8, num_stages=3)
 
 
-def _num_warps(block_d: int) -> int:
-    return 4 if block_d <= 1024 else 8
+_PARTIALS_CONFIG = dict(BLOCK=PARTIAL_BLOCK, num_warps=4, num_stages=3)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +60,9 @@ def _vmf_normalize_fwd_kernel(x_ptr, y_ptr, n_rows, D, stride_x, eps,
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
     x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
+    # Correctly rounded: tl.sqrt lowers to sqrt.approx.ftz, which flushes a subnormal |x|^2 to 0
+    # (then a tiny eps gives 1 / eps = inf where F.normalize gives a unit vector).
+    inv = 1.0 / tl.maximum(tl.sqrt_rn(tl.sum(x * x, axis=1)), eps)
     y = x * inv[:, None]
     tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -68,11 +75,13 @@ def _vmf_normalize_bwd_kernel(g_ptr, x_ptr, dx_ptr, n_rows, D, stride_g, stride_
     mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
     x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    norm = tl.sqrt_rn(tl.sum(x * x, axis=1))
     inv = 1.0 / tl.maximum(norm, eps)
-    # Below eps the denominator is the constant eps, so the norm's own gradient drops out.
-    radial = tl.where(norm >= eps, tl.sum(g * x, axis=1) * inv * inv * inv, 0.0)
-    dx = g * inv[:, None] - x * radial[:, None]
+    # Below eps the denominator is the constant eps, so the norm's own gradient drops out. In terms
+    # of y = x / |x|, so that no |x|^3 underflows (nor 1 / |x|^3 overflows) for tiny x.
+    y = x * inv[:, None]
+    radial = tl.where(norm >= eps, tl.sum(g * y, axis=1), 0.0)
+    dx = (g - y * radial[:, None]) * inv[:, None]
     tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -132,9 +141,9 @@ def vmf_normalize_fwd(x: torch.Tensor, eps: float) -> torch.Tensor:
     n_rows, D = x2.shape
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if n_rows:
-        block_r, block_d = _row_blocks(D)
-        launch(_vmf_normalize_fwd_kernel, (triton.cdiv(n_rows, block_r),), x2, y, n_rows, D, x2.stride(0),
-               eps, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_num_warps(block_d))
+        cfg = _rows_config(D)
+        launch(_vmf_normalize_fwd_kernel, (triton.cdiv(n_rows, cfg["BLOCK_R"]),), x2, y, n_rows, D, x2.stride(0),
+               eps, **cfg)
     return y
 
 
@@ -144,10 +153,9 @@ def vmf_normalize_bwd(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.
     n_rows, D = x2.shape
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if n_rows:
-        block_r, block_d = _row_blocks(D)
-        launch(_vmf_normalize_bwd_kernel, (triton.cdiv(n_rows, block_r),), g2, x2, dx, n_rows, D,
-               g2.stride(0), x2.stride(0), eps, BLOCK_R=block_r, BLOCK_D=block_d,
-               num_warps=_num_warps(block_d))
+        cfg = _rows_config(D)
+        launch(_vmf_normalize_bwd_kernel, (triton.cdiv(n_rows, cfg["BLOCK_R"]),), g2, x2, dx, n_rows, D,
+               g2.stride(0), x2.stride(0), eps, **cfg)
     return dx
 
 
@@ -177,15 +185,15 @@ def batch_uniformity_loss_fwd(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     u3 = _batch_rows(u)
     B, M, D = u3.shape
     n_rows = B * M
-    block_r, block_d = _row_blocks(D)
-    n_blocks = triton.cdiv(n_rows, block_r)
+    cfg = _rows_config(D)
+    n_blocks = triton.cdiv(n_rows, cfg["BLOCK_R"])
     dots = torch.empty((B, M), dtype=torch.float32, device=u.device)
     partials = torch.empty((n_blocks,), dtype=torch.float32, device=u.device)
     loss = torch.empty((), dtype=u.dtype, device=u.device)
     if n_rows:
         launch(_uniformity_fwd_kernel, (n_blocks,), u3, dots, partials, n_rows, B, M, D, u3.stride(0),
-               u3.stride(1), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_num_warps(block_d))
-    launch(_sum_partials_kernel, (1,), partials, loss, n_blocks, float(n_rows), BLOCK=PARTIAL_BLOCK)
+               u3.stride(1), **cfg)
+    launch(_sum_partials_kernel, (1,), partials, loss, n_blocks, float(n_rows), **_PARTIALS_CONFIG)
     return loss, dots
 
 
@@ -196,10 +204,9 @@ def batch_uniformity_loss_bwd(grad: torch.Tensor, u: torch.Tensor, dots: torch.T
     n_rows = B * M
     du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     if n_rows:
-        block_r, block_d = _row_blocks(D)
-        launch(_uniformity_bwd_kernel, (triton.cdiv(n_rows, block_r),), grad, u3, dots, du, n_rows, B, M, D,
-               u3.stride(0), u3.stride(1), float(n_rows), BLOCK_R=block_r, BLOCK_D=block_d,
-               num_warps=_num_warps(block_d))
+        cfg = _rows_config(D)
+        launch(_uniformity_bwd_kernel, (triton.cdiv(n_rows, cfg["BLOCK_R"]),), grad, u3, dots, du, n_rows, B, M, D,
+               u3.stride(0), u3.stride(1), float(n_rows), **cfg)
     return du
 
 
@@ -224,12 +231,19 @@ def _width_reasons(name: str, t: torch.Tensor) -> list[str]:
     return []
 
 
+# The most shared memory any configuration of this module's kernels takes per block, on sm_80-class
+# and sm_90-class code (tests/aef_kernels/triton/test_aot.py fails when a compiled one exceeds it).
+SHARED_BYTES = {80: 8 * 1024, 90: 8 * 1024}
+
+
 def _vmf_reasons(x, eps) -> list[str]:
-    return device_reasons(x) + kernel_dtype_reasons(x) + _width_reasons("x", x)
+    return (device_reasons(x) + kernel_dtype_reasons(x) + _width_reasons("x", x)
+            + shared_memory_reasons("vmf_normalize", SHARED_BYTES, x))
 
 
 def _uniformity_reasons(u) -> list[str]:
-    return device_reasons(u) + kernel_dtype_reasons(u) + _width_reasons("u", u)
+    return (device_reasons(u) + kernel_dtype_reasons(u) + _width_reasons("u", u)
+            + shared_memory_reasons("batch_uniformity_loss", SHARED_BYTES, u))
 
 
 @dispatch.register("vmf_normalize", "triton", reasons=_vmf_reasons)
@@ -242,36 +256,28 @@ def batch_uniformity_loss(u):
     return batch_uniformity_loss_fwd(u)[0]
 
 
-def aot_specs() -> list[AOTSpec]:
-    """Every (kernel, dtype, BLOCK_D) the launchers above can pick: BLOCK_D is a power of two in
-    [MIN_BLOCK_D, MAX_D] and fixes BLOCK_R and num_warps."""
-    specs = []
-    block_ds = [1 << p for p in range(MIN_BLOCK_D.bit_length() - 1, MAX_D.bit_length())]
-    for t in TL_DTYPES.values():
-        for block_d in block_ds:
-            block_r, _ = _row_blocks(block_d)
-            blocks = {"BLOCK_R": block_r, "BLOCK_D": block_d}
-            warps = _num_warps(block_d)
-            suffix = f"{t}_D{block_d}"
-            specs += [
-                AOTSpec(f"vmf_normalize_fwd_{suffix}", _vmf_normalize_fwd_kernel,
-                        {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "n_rows": "i32", "D": "i32", "stride_x": "i32",
-                         "eps": "fp32", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}, blocks, warps),
-                AOTSpec(f"vmf_normalize_bwd_{suffix}", _vmf_normalize_bwd_kernel,
-                        {"g_ptr": f"*{t}", "x_ptr": f"*{t}", "dx_ptr": f"*{t}", "n_rows": "i32", "D": "i32",
-                         "stride_g": "i32", "stride_x": "i32", "eps": "fp32", "BLOCK_R": "constexpr",
-                         "BLOCK_D": "constexpr"}, blocks, warps),
-                AOTSpec(f"uniformity_fwd_{suffix}", _uniformity_fwd_kernel,
-                        {"u_ptr": f"*{t}", "dots_ptr": "*fp32", "partial_ptr": "*fp32", "n_rows": "i32",
-                         "B": "i32", "M": "i32", "D": "i32", "stride_b": "i32", "stride_m": "i32",
-                         "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}, blocks, warps),
-                AOTSpec(f"uniformity_bwd_{suffix}", _uniformity_bwd_kernel,
-                        {"g_ptr": f"*{t}", "u_ptr": f"*{t}", "dots_ptr": "*fp32", "du_ptr": f"*{t}",
-                         "n_rows": "i32", "B": "i32", "M": "i32", "D": "i32", "stride_b": "i32",
-                         "stride_m": "i32", "count": "fp32", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
-                        blocks, warps),
-            ]
-        specs.append(AOTSpec(f"sum_partials_{t}", _sum_partials_kernel,
-                             {"partial_ptr": "*fp32", "out_ptr": f"*{t}", "n_partials": "i32", "count": "fp32",
-                              "BLOCK": "constexpr"}, {"BLOCK": PARTIAL_BLOCK}))
-    return specs
+def aot_calls(sweep: bool = False) -> list[AOTCall]:
+    """Forward and backward of both ops for every dtype at the model's width (the 64-wide
+    embeddings of a (B, L, L) tile, and the text adapter's (B, 64) vectors); the sweep adds every
+    BLOCK_D up to MAX_D, odd widths and row-strided views."""
+    calls = []
+    shapes = [((2, 128, 128, 64), True), ((8, 64), True)]
+    if sweep:
+        shapes += [((3, 5, 7, d), False) for d in (1, 17, 100, 200, 513, 1500, 2048)]
+    # float16 compiles to the same shared memory and spills as bfloat16 (benchmarks/notes/triton_aot.md).
+    dtypes = (torch.bfloat16, torch.float32) + ((torch.float16,) if sweep else ())
+    for dtype, ty in ((dt, TL_DTYPES[dt]) for dt in dtypes):
+        for shape, hot in shapes:
+            for strided in (False, True) if sweep else (False,):
+                tag = f"{ty} {'x'.join(map(str, shape))}{' strided' if strided else ''}"
+                calls += [AOTCall(f"vmf {tag}", functools.partial(_aot_run, vmf_normalize, dtype, shape, strided), hot),
+                          AOTCall(f"uniformity {tag}",
+                                  functools.partial(_aot_run, batch_uniformity_loss, dtype, shape, strided), hot)]
+    return calls
+
+
+def _aot_run(op, dtype, shape, strided) -> None:
+    x = torch.empty(shape[:-1] + (shape[-1] + 3 * strided,), dtype=dtype, device="meta", requires_grad=True)
+    x = x[..., 3 * strided:]
+    y = op(x, 1e-12) if op is vmf_normalize else op(x)
+    y.backward(torch.empty_like(y))
