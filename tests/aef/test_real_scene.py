@@ -3,7 +3,6 @@ files at 30 m with 0-valued fill and no nodata tag, embedding onto a 10 m grid, 
 reprojection from another CRS, and the Cloud-Optimized GeoTIFF output."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -161,7 +160,7 @@ def test_a_frame_on_another_crs_is_reprojected(tmp_path):
         bounds, crs = ds.bounds, ds.crs
     with open_scene(MANIFEST) as a, open_scene(folder / "scene.json", resolution=30.0,
                                                                 crs=str(crs)) as b:
-        assert b.grid.crs == crs and not math.isclose(b.grid.width, 0)
+        assert b.grid.crs == crs and b.grid.width >= a.grid.width and b.grid.height >= a.grid.height
         da, va = a.read("landsat", 0, 0, a.grid.height, a.grid.width)
         # The reprojected frame's extent is larger (rotated box); read it over the original's area.
         r0 = round((b.grid.transform.f - bounds.top) / 30)
