@@ -99,7 +99,9 @@ def module_case(section: str, shape: str, mode: str, module: torch.nn.Module, se
     return Case(section, shape, mode, build)
 
 
-def block_cases(setup: Setup, shape: str) -> list[Case]:
+def block_inputs(setup: Setup):
+    """One STP block in the run's dtype, ``make(grad)`` drawing its inputs (xs, xt, xp, timecode,
+    mask), and the shapes of its three outputs."""
     c, B, T, L = setup.cfg, setup.B, setup.T, setup.L
     block = STPBlock(c).to(setup.device, setup.dtype)
     out_shapes = [(B, T, L // 16, L // 16, c.d_s), (B, T, L // 8, L // 8, c.d_t), (B, T, L // 2, L // 2, c.d_p)]
@@ -108,6 +110,11 @@ def block_cases(setup: Setup, shape: str) -> list[Case]:
         xs, xt, xp = (setup.randn(*s, grad=grad) for s in out_shapes)
         return xs, xt, xp, setup.randn(B, T, c.timecode_dim), setup.pixel_mask(L // 8)
 
+    return block, make, out_shapes
+
+
+def block_cases(setup: Setup, shape: str) -> list[Case]:
+    block, make, out_shapes = block_inputs(setup)
     return [module_case("block", shape, mode, block, setup, make, out_shapes) for mode in (FWD, FWD_BWD)]
 
 
