@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from aef import AEF
 from aef.data import collate, synthetic_sample
@@ -35,7 +37,10 @@ def _to(x, device):
     return x
 
 
-def _median(fn, warmup: int, repeats: int, device: str) -> list[float]:
+def _median(fn, warmup: int, repeats: int, device: str, label: str, progress: bool) -> list[float]:
+    """Times of ``repeats`` calls after ``warmup`` untimed ones, with a progress bar on stderr (a step
+    of the small preset takes many seconds on a CPU, and the first one compiles when asked to)."""
+
     def once() -> float:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -45,9 +50,15 @@ def _median(fn, warmup: int, repeats: int, device: str) -> list[float]:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    for _ in range(warmup):
-        once()
-    return [once() for _ in range(repeats)]
+    times = []
+    with tqdm(total=warmup + repeats, desc=label, unit="step", file=sys.stderr, disable=not progress) as bar:
+        for i in range(warmup + repeats):
+            bar.set_postfix_str("warm-up" if i < warmup else "timed")
+            t = once()
+            if i >= warmup:
+                times.append(t)
+            bar.update(1)
+    return times
 
 
 def main() -> None:
@@ -64,10 +75,16 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the STP encoder (Inductor)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    progress = not args.no_progress
+    if progress:
+        print(f"train_step: building the {args.preset} model and a batch of {args.batch} on {args.device}, then "
+              f"{args.warmup} warm-up + {args.repeats} timed steps, forward and forward+backward"
+              + (" (the first step compiles the encoder)" if args.compile else ""), file=sys.stderr, flush=True)
     torch.manual_seed(0)
     model = AEF(args.preset, backend=args.backend).to(args.device).train()
     if args.compile:
@@ -87,8 +104,8 @@ def main() -> None:
         forward().backward()
         model.zero_grad(set_to_none=True)
 
-    fwd = _median(forward, args.warmup, args.repeats, args.device)
-    step = _median(forward_backward, args.warmup, args.repeats, args.device)
+    fwd = _median(forward, args.warmup, args.repeats, args.device, "forward", progress)
+    step = _median(forward_backward, args.warmup, args.repeats, args.device, "forward+backward", progress)
     n_params = sum(q.numel() for q in model.parameters())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"preset={args.preset} B={args.batch} L={args.side} frames={sum(INPUT_FRAMES.values())} "
