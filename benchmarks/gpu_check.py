@@ -1037,7 +1037,7 @@ def summarize(log: ResultLog, summaries: Sequence[dict], budget_s: float, stoppe
     used = sum(s["used_s"] for s in summaries)
     lines.append(f"budget {budget_s:.0f} s, used {used:.0f} s" + (f"; STOPPED: {stopped}" if stopped else ""))
     lines.append("")
-    cols = (PASS, FAIL, ERROR, NOT_AVAILABLE, SKIPPED, CUT)
+    cols = (PASS, FAIL, ERROR, NOT_AVAILABLE, SKIPPED, CUT, INFO)
     lines.append(f"{'stage':<12} {'allowed s':>9} {'used s':>7}  " + "  ".join(f"{c:>5}" if len(c) <= 5 else c for c in cols))
     for s in summaries:
         lines.append(f"{s['stage']:<12} {s['allowance_s']:>9.1f} {s['used_s']:>7.1f}  "
@@ -1048,6 +1048,22 @@ def summarize(log: ResultLog, summaries: Sequence[dict], budget_s: float, stoppe
         lines += [f"  {r['stage']} / {r['item']}{' / ' + r['backend'] if r.get('backend') else ''}: "
                   f"{r.get('reason', '')}" for r in bad]
     return "\n".join(lines) + "\n"
+
+
+def stage_summaries(records: Sequence[dict]) -> list[dict]:
+    """Per-stage summaries from the log, including the stage a stop interrupted (its counts so far)."""
+    ended = {r["stage"]: r for r in records if r["kind"] == "stage_end"}
+    out = []
+    for r in records:
+        if r["kind"] != "stage_start":
+            continue
+        if r["stage"] in ended:
+            out.append(ended[r["stage"]])
+            continue
+        counts = Counter(x["status"] for x in records if x["kind"] == "result" and x["stage"] == r["stage"])
+        out.append({"stage": r["stage"], "allowance_s": r["allowance_s"], "used_s": round(records[-1]["t_s"] - r["t_s"], 3),
+                    "cut": True, "counts": dict(counts)})
+    return out
 
 
 def write_outputs(out: Path, log: ResultLog, summaries, budget_s: float, stopped: Optional[str], ctx: Context) -> str:
@@ -1128,7 +1144,7 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if stopped:
-        summaries = [r for r in log.records if r["kind"] == "stage_end"]
+        summaries = stage_summaries(log.records)
     log.write("end", status="stopped" if stopped else "done", reason=stopped)
     log.close()
     text = write_outputs(out, log, summaries, args.budget_s, stopped, ctx)

@@ -233,3 +233,18 @@ def test_parity_passes_the_reference_and_fails_broken_kernels(monkeypatch, op):
         monkeypatch.setitem(dispatch._BACKEND_UNAVAILABLE, "triton", [])
         (row,) = G.parity(ctx, op, "fp32", "small", ("triton",))
         assert row["status"] == G.FAIL and not row["checks"][variant]["ok"], (bad.__name__, row)
+
+
+def test_summaries_include_the_stage_a_stop_interrupted(tmp_path):
+    """After a stop, the summary lists every started stage: ended ones as logged, the interrupted
+    one with the counts of the rows it wrote and marked cut."""
+    clock = FakeClock()
+    log = G.ResultLog(tmp_path / "log.jsonl", clock)
+    log.write("stage_start", stage="a", allowance_s=5.0, items=1)
+    log.write("stage_end", stage="a", allowance_s=5.0, used_s=1.0, cut=False, counts={G.PASS: 1})
+    log.write("stage_start", stage="b", allowance_s=5.0, items=3)
+    clock.now = 2.0
+    log.write("result", stage="b", item="b0", status=G.FAIL)
+    summaries = G.stage_summaries(log.records)
+    assert [s["stage"] for s in summaries] == ["a", "b"]
+    assert summaries[1] == {"stage": "b", "allowance_s": 5.0, "used_s": 2.0, "cut": True, "counts": {G.FAIL: 1}}
