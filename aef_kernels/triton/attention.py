@@ -367,7 +367,7 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
 # Warps per (dtype, direction) and head dim 16/32/64/128: the fewest for which the faithful AOT
 # compile shows no spill on sm_80 and sm_90 (the float32 backward at d = 128 spills at any count).
 _WARPS = {("16bit", False): (8, 4, 8, 8), ("16bit", True): (4, 4, 4, 8),
-          ("fp32", False): (4, 2, 4, 8), ("fp32", True): (8, 8, 8, 8)}
+          ("fp32", False): (8, 2, 4, 8), ("fp32", True): (8, 8, 8, 8)}
 
 
 def _attn_config(t: str, d: int, backward: bool) -> dict:

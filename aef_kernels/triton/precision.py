@@ -320,9 +320,12 @@ def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
 
 def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    # float32 at 16 rows: 32 spill on sm_80 (faithful AOT, benchmarks/notes/triton_aot.md).
+    # float32 at 16 rows (32 spill on sm_80); its stages: two spill 8 B on sm_90 at C = 96, three
+    # spill 8 B on sm_80 at C = 128 (both operands >= 128 channels). Faithful AOT,
+    # benchmarks/notes/triton_aot.md.
+    stages = 3 if wide or min(cin, cout) < 128 else 2
     return dict(BLOCK_M=64 if wide else 16, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
-                num_warps=8, num_stages=3 if wide else 2)
+                num_warps=8, num_stages=stages)
 
 
 def _gn_config(cg: int) -> dict:
