@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 
 from . import sources as _sources
-from .timecode import check_epoch_ms
+from .timecode import check_epoch_ms, finite_times
 
 PeriodsLike = Union[torch.Tensor, Sequence[Sequence[float]], Sequence[float]]
 
@@ -65,7 +65,7 @@ def prepare_periods(valid_periods: PeriodsLike, batch_size: int, device=None) ->
 def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
                    masks: Optional[Mapping[str, torch.Tensor]] = None,
                    specs: Optional[Mapping[str, _sources.Source]] = None,
-                   known: Sequence[str] = ()) -> Inputs:
+                   known: Sequence[str] = (), dtype: torch.dtype = torch.float32) -> Inputs:
     """Validate the per-source dicts of the sources in ``specs`` (name -> Source, default: the
     registry's input sources) and expand every mask to pixel masks (B, N_i, L, L).
 
@@ -75,6 +75,11 @@ def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[
 
     Other names of ``known`` (e.g. the model's decoded sources) are accepted and ignored; any other
     name is an error.
+
+    Data of any float dtype are cast to ``dtype`` (the model's compute dtype). Empty inputs (B = 0,
+    or a source with N = 0 frames: leave such a source out) are a ValueError naming the dimension,
+    the rule of the ``aef_kernels`` ops. Float timestamps must be finite on every frame with valid
+    pixels; on a frame masked out everywhere the time is unused and may be NaN.
     """
     if specs is None:
         specs = {n: _sources.get(n) for n in _sources.INPUT_SOURCES}
@@ -109,6 +114,10 @@ def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[
             raise ValueError(f"source_data[{name!r}]: expected B = {B} and L = {side} like the other sources, "
                              f"got shape {tuple(x.shape)}")
         N = x.shape[1]
+        if B == 0 or N == 0:
+            raise ValueError(f"source_data[{name!r}]: {'B' if B == 0 else 'N'} = 0 in shape {tuple(x.shape)}; "
+                             "expected at least one sample and one frame (leave out a source without frames)")
+        x = x.to(dtype)
         if name not in timestamps:
             raise ValueError(f"timestamps: missing {name!r}")
         t = timestamps[name]
@@ -131,4 +140,7 @@ def prepare_inputs(source_data: Mapping[str, torch.Tensor], timestamps: Mapping[
         band = (m if m.dim() == 5 else m[..., None]) & torch.isfinite(x)
         data[name], times[name], bands[name] = x, t.to(x.device), band
         pmasks[name] = band.any(dim=-1)
+    for name in names:
+        frame_valid = pmasks[name].flatten(2).any(dim=-1)
+        times[name] = finite_times(f"timestamps[{name!r}]", times[name], frame_valid)
     return Inputs(names, data, times, pmasks, B, side, bands)

@@ -125,7 +125,8 @@ class AEF(nn.Module):
 
         Decoded-only sources in the dicts are ignored here.
         """
-        inputs = prepare_inputs(source_data, timestamps, masks, self.input_specs, known=tuple(self.decode_specs))
+        inputs = prepare_inputs(source_data, timestamps, masks, self.input_specs, known=tuple(self.decode_specs),
+                                dtype=self.logit_scale.dtype)
         if not transformed:
             inputs = self.preprocess(inputs, self.input_specs)
         x_p0, times, mask = self.projectors(inputs)  # (B, T, L/2, L/2, d_p), (B, T), (B, T, L/2, L/2)

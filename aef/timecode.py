@@ -9,6 +9,7 @@ nearly identical and codes years apart differ.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -24,6 +25,25 @@ def check_epoch_ms(name: str, t: torch.Tensor) -> None:
             f"{name}: expected epoch milliseconds as int64 or float64, got {t.dtype} "
             "(float32 epoch-ms loses about two minutes of precision)"
         )
+
+
+def finite_times(where: str, t: torch.Tensor, frame_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Float epoch-ms times ``t`` (..., N) with every NaN/Inf refused, naming ``where`` and the frame,
+    except on frames that ``frame_valid`` (same shape, bool) marks invalid: those times are never
+    used, so they become 0 there. A non-finite time would otherwise reach the timecode as 0
+    (1970-01-01) without a word. Integer times are returned as they are."""
+    if not t.is_floating_point():
+        return t
+    bad = ~torch.isfinite(t)
+    used = bad if frame_valid is None else bad & frame_valid
+    if used.any():
+        idx = [int(i) for i in used.nonzero()[0]]
+        labels = ["sample", "frame"] if len(idx) == 2 else ["frame"] if len(idx) == 1 else \
+            [f"index {k}" for k in range(len(idx))]
+        at = ", ".join(f"{n} {i}" for n, i in zip(labels, idx))
+        raise ValueError(f"{where}: the timestamp of {at} is {t[tuple(idx)].item()}; every frame with "
+                         "valid pixels needs a finite time (mask the frame out to leave its time unused)")
+    return torch.where(bad, torch.zeros((), dtype=t.dtype, device=t.device), t) if bad.any() else t
 
 
 def to_days(t_ms: torch.Tensor) -> torch.Tensor:

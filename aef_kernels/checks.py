@@ -65,6 +65,17 @@ def last_dim_contiguous(name: str, t: torch.Tensor) -> None:
         )
 
 
+def nonempty(name: str, t: torch.Tensor, dims: Sequence[str] = ()) -> None:
+    """Every dimension of ``t`` is at least 1, the rule of every op for empty inputs: a ValueError
+    naming the dimension (``dims`` labels them in order; unlabelled ones are "dimension i"), never a
+    backend's ZeroDivisionError or an empty result some callers would not expect."""
+    for i, size in enumerate(t.shape):
+        if size == 0:
+            label = dims[i] if i < len(dims) else f"dimension {i}"
+            raise ValueError(f"{name}: {label} = 0 in shape {tuple(t.shape)}; the ops take no empty inputs "
+                             "(every dimension must be at least 1)")
+
+
 def nonempty_last_dim(name: str, t: torch.Tensor) -> None:
     if t.shape[-1] == 0:
         raise ValueError(f"{name}: the last dimension (D) must be at least 1, got shape {tuple(t.shape)}")

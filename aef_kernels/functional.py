@@ -4,6 +4,9 @@ Each function validates its arguments (clear ``ValueError``/``TypeError`` before
 then hands the validated, normalised argument tuple to the dispatcher, which picks a backend.
 Every backend implementation receives exactly that tuple, in this order.
 
+Empty inputs: every dimension of every tensor argument must be at least 1; a zero-size dimension is
+a ``ValueError`` naming it (one rule for all ops, checked before any backend runs).
+
 Parameters (weights and biases) may be in any floating dtype: like autocast, every backend computes
 in the dtype of the activation and casts parameters to it.
 """
@@ -48,11 +51,11 @@ def axial_time_attention(q, k, v, key_padding_mask=None, scale=None, *, backend:
     checks.shape("v", v, tuple(k.shape), "k's shape")
     checks.same_dtype(q=q, k=k, v=v)
     checks.same_device(q=q, k=k, v=v, key_padding_mask=key_padding_mask)
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    for name, t, dims in (("q", q, ("B", "Tq", "H", "W", "heads", "d")), ("k", k, ("B", "T", "H", "W", "heads", "d")),
+                          ("v", v, ("B", "T", "H", "W", "heads", "d"))):
         checks.last_dim_contiguous(name, t)
         checks.nonempty_last_dim(name, t)
-    if T == 0:
-        raise ValueError(f"k: expected at least one key frame (T >= 1), got shape {tuple(k.shape)}")
+        checks.nonempty(name, t, dims)
     checks.key_padding_mask(key_padding_mask, B, T, H, W, q.device)
     if scale is None:
         scale = 1.0 / math.sqrt(d)
@@ -66,6 +69,7 @@ def _check_frames(name: str, x) -> None:
     checks.tensor(name, x, 4, "(N, H, W, C)")
     checks.last_dim_contiguous(name, x)
     checks.nonempty_last_dim(name, x)
+    checks.nonempty(name, x, ("N", "H", "W", "C"))
 
 
 def _check_vector(name: str, t, size: int, required: bool) -> None:
@@ -236,6 +240,7 @@ def vmf_normalize(x, eps: float = 1e-12, *, backend: Optional[str] = None):
     if x.dim() == 0:
         raise ValueError("x: expected at least 1 dimension (..., D), got a scalar")
     checks.nonempty_last_dim("x", x)
+    checks.nonempty("x", x)
     return dispatch.call("vmf_normalize", (x, float(eps)), backend)
 
 
@@ -248,6 +253,5 @@ def batch_uniformity_loss(u, *, backend: Optional[str] = None):
     if u.dim() < 2:
         raise ValueError(f"u: expected (B, ..., D) with at least 2 dimensions, got shape {tuple(u.shape)}")
     checks.nonempty_last_dim("u", u)
-    if u.shape[0] == 0:
-        raise ValueError("u: expected a batch of at least one sample (B >= 1)")
+    checks.nonempty("u", u, ("B",))
     return dispatch.call("batch_uniformity_loss", (u,), backend)

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 
 from .. import sources as _sources
+from ..timecode import finite_times
+from .npz import frame_valid
 
 # Padding frames are filled with NaN so that any leak of a masked frame shows up downstream.
 PAD_VALUE = float("nan")
@@ -38,7 +40,9 @@ def collate(samples: Sequence[dict]) -> dict:
             x = s["source_data"][name]
             n = x.shape[0]
             data[b, :n] = x
-            times[b, :n] = s["timestamps"][name]
+            # Cast to int64 only once finite: a NaN time would become a garbage epoch silently.
+            times[b, :n] = finite_times(f"collate: sample {b} timestamps[{name!r}]", s["timestamps"][name],
+                                        frame_valid(s.get("masks", {}).get(name), n))
             masks[b, :n] = s["masks"][name] if name in s.get("masks", {}) else True
             if meta is not None and name in s.get("metadata", {}):
                 meta[b, :n] = s["metadata"][name]

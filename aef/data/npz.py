@@ -10,7 +10,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..timecode import finite_times
+
 FIELDS = ("source_data", "timestamps", "masks", "metadata")
+
+
+def frame_valid(mask, frames: int) -> torch.Tensor:
+    """(N,) bool: frames with at least one valid pixel under a sample's (N,) or (N, H, W) mask."""
+    if mask is None:
+        return torch.ones(frames, dtype=torch.bool)
+    return mask.reshape(frames, -1).any(dim=1)
 
 
 def save_sample(path: Union[str, os.PathLike], sample: dict) -> None:
@@ -31,6 +40,8 @@ def load_sample(path: Union[str, os.PathLike]) -> dict:
     for name, t in sample["timestamps"].items():
         if t.dtype not in (torch.int64, torch.float64):
             raise ValueError(f"{path}: timestamps/{name} must be int64 or float64 epoch ms, got {t.dtype}")
+        sample["timestamps"][name] = finite_times(f"{path}: timestamps/{name}", t,
+                                                  frame_valid(sample["masks"].get(name), t.shape[0]))
     return sample
 
 
