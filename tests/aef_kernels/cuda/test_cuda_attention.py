@@ -325,10 +325,8 @@ def test_custom_scale_and_empty_inputs():
     assert _max_error(o, exact) < 1e-5
     empty_q = torch.randn(2, 0, 2, 2, 2, 32, device="cuda", requires_grad=True)
     kk = torch.randn(2, 4, 2, 2, 2, 32, device="cuda", requires_grad=True)
-    out = K.axial_time_attention(empty_q, kk, kk, backend="cuda")
-    assert out.shape == empty_q.shape
-    (gk,) = torch.autograd.grad(out.sum(), [kk], allow_unused=True)
-    assert gk is None or (gk == 0).all()
+    with pytest.raises(ValueError, match="Tq = 0|T = 0"):
+        K.axial_time_attention(empty_q, kk, kk, backend="cuda")
 
 
 @pytest.mark.gpu
