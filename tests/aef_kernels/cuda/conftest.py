@@ -1,6 +1,15 @@
-"""The CUDA backend's tests: the emulator's pass counts, per kernel family, at the end of the run."""
+"""The CUDA backend's tests: the emulator fixture, and its pass counts per kernel family at the end of the run."""
 
+import pytest
+
+import emulator
 from emulator import FULL, MUTANTS, PASSED
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The emulated kernels, built once per source hash (see emulator.load)."""
+    return emulator.load()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -24,11 +24,6 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 LN2 = math.log(2.0)
 
 
-@pytest.fixture(scope="module")
-def emu():
-    return emulator.load()
-
-
 @dataclass(frozen=True)
 class Case:
     dtype: torch.dtype
@@ -181,10 +176,6 @@ def gradient_term_scales(q, k, v, mask, scale, grad) -> tuple[float, float]:
     return (scale * (ds_abs @ ks.abs()).max().item(), scale * (ds_abs.transpose(-1, -2) @ qs.abs()).max().item())
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.int32)
-
-
 def check_case(emu, case: Case, check, seed: int = 0, schedules=(1, 2)):
     gen = torch.Generator().manual_seed(seed)
     dt = case.dtype
@@ -212,7 +203,7 @@ def check_case(emu, case: Case, check, seed: int = 0, schedules=(1, 2)):
         dq, dk, dv = ops.attention_bwd(emu, g, kq, kk, kv, o, lse, kmask, scale)
         runs.append((o, lse, dq, dk, dv))
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), runs[0], runs[-1]):
-        assert torch.equal(_bits(a), _bits(b)), f"{case}: {name} differs between two fiber schedules"
+        assert torch.equal(ops.bits(a), ops.bits(b)), f"{case}: {name} differs between two fiber schedules"
     o, lse, dq, dk, dv = runs[0]
 
     exact = reference(q.double(), k.double(), v.double(), mask, scale, grad.double())
@@ -329,5 +320,5 @@ def test_a_non_finite_sequence_leaves_the_others_bitwise_unchanged(emu, dtype, p
     others[0, 0, 0, 0] = False
     for name, clean, dirty in zip(("o", "lse", "dq", "dk", "dv"), *results):
         sel = others[:, None].expand(B, T, H, W, NH)
-        assert torch.equal(_bits(clean[sel]), _bits(dirty[sel])), f"{name} of a clean sequence changed"
+        assert torch.equal(ops.bits(clean[sel]), ops.bits(dirty[sel])), f"{name} of a clean sequence changed"
     emulator.PASSED["attention"] += 1

@@ -18,15 +18,6 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 EPS = 1e-5
 
 
-@pytest.fixture(scope="module")
-def emu():
-    return emulator.load()
-
-
-def _bits(t):
-    return t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.int32)
-
-
 # (N, HW, C, G, x offset, gelu): what each shape exercises is in the comment.
 SHAPES = [
     (2, 600, 64, 8, 0, True),  # packed, 3 pixel chunks per frame (chunks of 256 pixels)
@@ -77,7 +68,7 @@ def test_group_norm_matches_float64_reference(emu, dtype, N, HW, C, G, offset, g
         runs.append((y, mean, rstd, dx, dgamma, dbeta))
     names = ("y", "mean", "rstd", "dx", "dgamma", "dbeta")
     for name, a, b in zip(names, *runs):
-        assert torch.equal(_bits(a), _bits(b)), f"{name} depends on the schedule"
+        assert torch.equal(ops.bits(a), ops.bits(b)), f"{name} depends on the schedule"
     exact = _reference(xc.double(), gamma.double(), beta.double(), G, gelu, dyc.double())
     low = _reference(xc.float(), gamma.float(), beta.float(), G, gelu, dyc.float())
     for name, out, lo, ex, factor in zip(names, runs[0], low, exact, (2, 2, 2, 3, 3, 3)):

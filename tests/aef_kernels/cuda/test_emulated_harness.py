@@ -22,11 +22,6 @@ pytestmark = pytest.mark.skipif(bool(emulator.UNAVAILABLE), reason=f"emulator: {
 CUDA_ERROR_INVALID_CONFIGURATION, CUDA_ERROR_MISALIGNED_ADDRESS, CUDA_ERROR_LAUNCH_FAILURE = 9, 716, 719
 
 
-@pytest.fixture(scope="module")
-def emu():
-    return emulator.load()
-
-
 def _probe(emu, which, seed=1):
     out = torch.zeros(256 * 8)
     emu.reset(seed)

@@ -21,15 +21,6 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 EPS = 1e-6
 
 
-@pytest.fixture(scope="module")
-def emu():
-    return emulator.load()
-
-
-def _bits(t):
-    return t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.int32)
-
-
 def _rows(rows, D, dtype, gen, row_stride=None, offset=0):
     """(rows, D) of random values (row 1 zero, row 2 tiny: both below eps) inside NaN-filled memory
     with the given row stride and element offset from a 16-byte boundary."""
@@ -79,7 +70,7 @@ def test_vmf_normalize_matches_float64_reference(emu, dtype, D, row_stride, offs
         y = ops.vmf_fwd(emu, x, EPS, y_offset=offset)
         dx = ops.vmf_bwd(emu, g, x, EPS, dx_offset=offset)
         runs.append((y, dx))
-    assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(*runs)), "results depend on the schedule"
+    assert all(torch.equal(ops.bits(a), ops.bits(b)) for a, b in zip(*runs)), "results depend on the schedule"
     y, dx = runs[0]
     ey, edx = _vmf_ref(xc.double(), gc.double(), EPS)
     ly, ldx = (t.to(dtype) for t in _vmf_ref(xc.float(), gc.float(), EPS))
@@ -149,7 +140,7 @@ def test_batch_uniformity_matches_float64_reference(emu, dtype, B, M, D, pad, u_
         loss, dots = ops.uniformity_fwd(emu, u, max_partials)
         du = ops.uniformity_bwd(emu, grad, u, dots, du_offset=du_off)
         runs.append((loss.reshape(1), dots, du))
-    assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(*runs)), "results depend on the schedule"
+    assert all(torch.equal(ops.bits(a), ops.bits(b)) for a, b in zip(*runs)), "results depend on the schedule"
     loss, dots, du = runs[0]
     eloss, edots, edu = _uniformity_ref(uc.double(), grad.double())
     lloss, ldots, ldu = _uniformity_ref(uc.float(), grad.float())

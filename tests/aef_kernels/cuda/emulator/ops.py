@@ -51,6 +51,11 @@ class Guarded:
         return same(self.buf[: self.offset]) and same(self.buf[self.offset + self.n:])
 
 
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bit patterns as integers, so that equality is bitwise (NaN == NaN, -0 != +0)."""
+    return t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
 def embed(t: torch.Tensor) -> torch.Tensor:
     """``t`` (contiguous) placed inside a NaN-filled buffer: a read past either end is NaN."""
     g = Guarded(t.shape, t.dtype)
