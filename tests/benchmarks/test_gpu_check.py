@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import subprocess_helpers
 from aef_kernels import dispatch
 from benchmarks import gpu_check as G
 
@@ -120,7 +121,9 @@ def test_a_killed_run_leaves_whole_json_lines(tmp_path):
     figures as strings), holding the rows finished before the kill."""
     path = tmp_path / "log.jsonl"
     code = SCRIPT.format(repo=str(REPO), path=str(path))
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)})
+    # A session of its own, so that the cleanup below takes whatever the child started with it.
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            start_new_session=True)
     try:
         for _ in range(600):
             if path.exists() and path.read_text().count("\n") >= 5:
@@ -129,7 +132,8 @@ def test_a_killed_run_leaves_whole_json_lines(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
-        proc.kill()
+        subprocess_helpers.kill_tree(proc.pid)
+        proc.wait()
     lines = path.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     results = [r for r in records if r["kind"] == "result"]

@@ -9,12 +9,12 @@ compilations).
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import subprocess_helpers
 from aef_kernels.triton import aot, attention, common, precision, resample, sphere
 
 MODULES = {m.__name__: m for m in (attention, precision, resample, sphere)}
@@ -84,8 +84,8 @@ def test_specialisation_follows_the_jit_rules(cc):
     16-byte boundary is aligned and one starting an element later is not; a float is not
     specialised; num_stages and num_warps are those the launch passed."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", _SPECIALISE, str(cc)], env=env, check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess_helpers.run([sys.executable, "-c", _SPECIALISE, str(cc)], env=env, check=True,
+                                 capture_output=True, text=True, timeout=600).stdout
     spec = json.loads(out.splitlines()[-1])
     index = {n: str(i) for i, n in enumerate(sphere._vmf_normalize_fwd_kernel.arg_names)}
     assert spec["signature"]["n_rows"] == "constexpr" and spec["constexprs"][index["n_rows"]] == 1

@@ -11,7 +11,6 @@
 """
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -21,6 +20,7 @@ import triton
 import triton.language as tl
 
 import aef_kernels as K
+import subprocess_helpers
 from aef_kernels.triton import attention as tri_attention
 from aef_kernels.triton import precision as tri_precision
 
@@ -78,8 +78,8 @@ def test_vmf_normalize_compiles_a_correctly_rounded_sqrt():
     subnormals), never sqrt.approx."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess_helpers.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
+                                 timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 2, out.stdout
