@@ -176,10 +176,12 @@ int launch_axial_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t 
                                const std::vector<int64_t>& mask_strides, double scale, int dtype, uintptr_t stream) {
   if (const int status = attn::check_args({q, k, v, o, lse}, sizes, q_strides, k_strides, v_strides, mask_strides, dtype))
     return status;
+  if (!attn::pairs_aligned({o}, {q, k, v}, dtype) || lse % sizeof(float) != 0) return kMisaligned;
+  if (const int status = clear_earlier_error()) return status;
   const int64_t d = sizes[6];
   const cudaStream_t s = as_stream(stream);
   const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
-                                    dtype == kFloat32 ? 4 : 2);
+                                    static_cast<int>(dtype_size(dtype)));
   switch (dtype) {
     case kFloat32: return attn::launch_fwd_typed<float>(q, k, v, o, lse, p, d, s);
     case kFloat16: return attn::launch_fwd_typed<__half>(q, k, v, o, lse, p, d, s);

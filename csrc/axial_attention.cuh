@@ -69,7 +69,22 @@ struct Problem {
 
 // ---- host ------------------------------------------------------------------------------------------
 
-inline bool supported_head_dim(int64_t d) { return d == 16 || d == 32 || d == 64 || d == 128; }
+inline bool supported_head_dim(int64_t d) {
+  for (int s : kAttentionHeadDims)
+    if (d == s) return true;
+  return false;
+}
+static_assert(sizeof(kAttentionHeadDims) / sizeof(int) == 4 && kAttentionHeadDims[0] == 16 &&
+                  kAttentionHeadDims[1] == 32 && kAttentionHeadDims[2] == 64 && kAttentionHeadDims[3] == 128,
+              "launch_fwd_typed and launch_bwd_typed instantiate the kernels for exactly these head dims");
+
+// Pointers written (and, in the backward, dO and O read) two elements at a time by store_pair and
+// Pack<T, 2> loads, which have no element-wise form: they need two elements' alignment. q, k and v
+// take two-element loads only where they allow them (Problem::vec2), so they need one element's.
+inline bool pairs_aligned(std::initializer_list<uintptr_t> pairs, std::initializer_list<uintptr_t> elements,
+                          int dtype) {
+  return all_aligned(pairs, 2 * dtype_size(dtype)) && all_aligned(elements, dtype_size(dtype));
+}
 
 // Argument checks shared by the forward and backward launchers; they touch no device state.
 // sizes = (B, Tq, T, H, W, heads, d).

@@ -281,12 +281,12 @@ int launch_axial_attention_bwd(uintptr_t grad, uintptr_t q, uintptr_t k, uintptr
   if (const int status = attn::check_args({grad, q, k, v, o, lse, delta, dq, dk, dv}, sizes, q_strides, k_strides,
                                           v_strides, mask_strides, dtype))
     return status;
-  // dO and O are read in two-element vectors; a misaligned pointer would be a sticky CUDA error.
-  const uintptr_t pair = dtype == kFloat32 ? 8 : 4;
-  if (grad % pair != 0 || o % pair != 0) return kMisaligned;
+  if (!attn::pairs_aligned({grad, o, dq, dk, dv}, {q, k, v}, dtype) || !all_aligned({lse, delta}, sizeof(float)))
+    return kMisaligned;
+  if (const int status = clear_earlier_error()) return status;
   const attn::BwdPointers a{grad, q, k, v, o, lse, delta, dq, dk, dv};
   const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
-                                    dtype == kFloat32 ? 4 : 2);
+                                    static_cast<int>(dtype_size(dtype)));
   const int64_t d = sizes[6];
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {

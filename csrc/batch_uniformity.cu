@@ -177,6 +177,10 @@ int launch_batch_uniformity_fwd(uintptr_t u, uintptr_t dots, uintptr_t partials,
   const Rows r{B, M, D, u_batch_stride, u_row_stride};
   if (const int status = check_uniformity_args(r, dtype)) return status;
   if (max_partials <= 0) return kBadSize;
+  // u moves in 16-byte packs only where it is aligned for them (launch_fwd_typed); dots, partials and
+  // the loss are stored one element at a time.
+  if (!all_aligned({u, loss}, dtype_size(dtype)) || !all_aligned({dots, partials}, sizeof(float))) return kMisaligned;
+  if (const int status = clear_earlier_error()) return status;
   const int64_t cap = std::min(max_partials, kMaxGridX);
   float* d = reinterpret_cast<float*>(dots);
   float* p = reinterpret_cast<float*>(partials);
@@ -193,6 +197,9 @@ int launch_batch_uniformity_bwd(uintptr_t grad, uintptr_t u, uintptr_t dots, uin
   if (grad == 0 || u == 0 || dots == 0 || du == 0) return kNullPointer;
   const Rows r{B, M, D, u_batch_stride, u_row_stride};
   if (const int status = check_uniformity_args(r, dtype)) return status;
+  // du is stored in 16-byte packs only where it and u allow them (launch_bwd_typed), else element-wise.
+  if (!all_aligned({grad, u, du}, dtype_size(dtype)) || dots % sizeof(float) != 0) return kMisaligned;
+  if (const int status = clear_earlier_error()) return status;
   const float* d = reinterpret_cast<const float*>(dots);
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,13 @@ std::vector<std::string> split_archs(const std::string& archs) {
     if (end > start) out.push_back(archs.substr(start, end - start));
     start = end + 1;
   }
+  return out;
+}
+
+template <size_t N>
+py::dict code_dict(const aef::NamedCode (&codes)[N]) {
+  py::dict out;
+  for (const auto& c : codes) out[c.name] = c.code;
   return out;
 }
 
@@ -57,6 +65,12 @@ PYBIND11_MODULE(_C, m) {
   m.attr("nvcc_version") = "";
   m.attr("cuda_skip_reason") = AEF_CUDA_SKIP_REASON;
 #endif
+
+  // csrc's constants (common.h), which aef_kernels/cuda/_launch.py and attention.py build on at import.
+  m.attr("status_codes") = code_dict(aef::kStatusCodes);
+  m.attr("dtype_codes") = code_dict(aef::kDtypeCodes);
+  m.attr("attention_head_dims") =
+      py::tuple(py::cast(std::vector<int>(std::begin(aef::kAttentionHeadDims), std::end(aef::kAttentionHeadDims))));
 
   m.def("error_string", &error_string, py::arg("code"),
         "Message for a launcher's return code (an argument error or a cudaError_t).");

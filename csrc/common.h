@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 namespace aef {
 
@@ -20,6 +21,7 @@ enum Status : int {
   kBadWorkspace = -8,
   kTooLarge = -9,
   kMisaligned = -10,
+  kContextFaulted = -11,
 };
 
 inline const char* status_string(int code) {
@@ -34,15 +36,55 @@ inline const char* status_string(int code) {
     case kBadGroups: return "num_groups must divide the channel count";
     case kBadWorkspace: return "workspace too small or not 8-byte aligned";
     case kTooLarge: return "sizes exceed the kernel's index range";
-    case kMisaligned: return "data pointer not aligned for the kernel's vector accesses";
+    case kMisaligned:
+      return "data pointer not aligned for the kernel's accesses (every pointer to its element size; attention's "
+             "o, dO, dq, dk and dv to two elements)";
+    case kContextFaulted: return "an earlier CUDA error left the context unusable";
     default: return nullptr;  // not ours: a cudaError_t
   }
 }
 
-// Must match aef_kernels/cuda/_launch.py DTYPE_CODES.
 enum Dtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// The codes by name, exported by the bindings (aef_kernels._C.status_codes, .dtype_codes) so that
+// Python takes them from here instead of keeping a copy.
+struct NamedCode {
+  const char* name;
+  int code;
+};
+constexpr NamedCode kStatusCodes[] = {
+    {"ok", kOk},
+    {"null_pointer", kNullPointer},
+    {"bad_size", kBadSize},
+    {"bad_dtype", kBadDtype},
+    {"bad_stride", kBadStride},
+    {"bad_eps", kBadEps},
+    {"bad_head_dim", kBadHeadDim},
+    {"bad_groups", kBadGroups},
+    {"bad_workspace", kBadWorkspace},
+    {"too_large", kTooLarge},
+    {"misaligned", kMisaligned},
+    {"context_faulted", kContextFaulted},
+};
+constexpr NamedCode kDtypeCodes[] = {{"float32", kFloat32}, {"float16", kFloat16}, {"bfloat16", kBFloat16}};
+
+// Head dims of the CUDA attention kernels (a template instance each in axial_attention*.cu).
+constexpr int kAttentionHeadDims[] = {16, 32, 64, 128};
+
 inline bool valid_dtype(int dtype) { return dtype == kFloat32 || dtype == kFloat16 || dtype == kBFloat16; }
+
+// Bytes of one element of a valid dtype.
+inline uintptr_t dtype_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
+
+// True when every pointer is a multiple of `bytes`. The launchers refuse (kMisaligned) pointers
+// that are not aligned for the narrowest access their kernels make through them: a misaligned
+// access faults on the GPU and leaves the context unusable. Wider (vector) alignment, where a
+// kernel has an element-wise path, only picks the kernel.
+inline bool all_aligned(std::initializer_list<uintptr_t> ptrs, uintptr_t bytes) {
+  for (uintptr_t p : ptrs)
+    if (p % bytes != 0) return false;
+  return true;
+}
 
 // Checks shared by launchers over (rows, D) matrices with a row stride and a contiguous last dim.
 inline int check_rows_args(uintptr_t x, uintptr_t y, int64_t rows, int64_t D, int64_t x_row_stride,

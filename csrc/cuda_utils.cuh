@@ -76,4 +76,32 @@ inline dim3 grid_for_rows(int64_t rows, int rows_per_block) {
 
 inline cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
+// Errors that mean the CUDA runtime never started (no driver, no device): they persist like a
+// context fault, but they are what this launch would fail with, so they are reported as they are.
+inline bool runtime_unavailable(cudaError_t err) {
+  switch (err) {
+    case cudaErrorInitializationError:
+    case cudaErrorStubLibrary:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorNoDevice:
+    case cudaErrorSystemNotReady:
+    case cudaErrorSystemDriverMismatch:
+    case cudaErrorCompatNotSupportedOnDevice: return true;
+    default: return false;
+  }
+}
+
+// Called by every launcher after its host-only argument checks and before its first launch, whose
+// status it reads with cudaGetLastError: an earlier, unrelated error still in the last-error slot
+// would be reported as this kernel's, so it is cleared here. An error that survives the clearing is
+// sticky: an earlier kernel faulted and the context runs nothing more, which kContextFaulted says
+// instead of the fault's code (that code would read as this kernel's own failure).
+inline int clear_earlier_error() {
+  cudaGetLastError();
+  const cudaError_t sticky = cudaPeekAtLastError();
+  if (sticky == cudaSuccess) return kOk;
+  return runtime_unavailable(sticky) ? static_cast<int>(sticky) : kContextFaulted;
+}
+
 }  // namespace aef

@@ -487,6 +487,11 @@ int launch_group_norm_fwd(uintptr_t x, uintptr_t gamma, uintptr_t beta, uintptr_
   if (!(eps >= 0.0)) return kBadEps;
   const Shape s = make_shape(N, HW, C, G);
   if (workspace_size < workspace_floats(s) || workspace % alignof(float2)) return kBadWorkspace;
+  // x and y move in 16-byte packs only where both allow them (launch_fwd_typed), else element-wise;
+  // the float32 parameters and statistics one element at a time.
+  if (!all_aligned({x, y}, dtype_size(dtype)) || !all_aligned({gamma, beta, mean, rstd}, sizeof(float)))
+    return kMisaligned;
+  if (const int status = clear_earlier_error()) return status;
   const FwdPtrs p{x,
                   y,
                   reinterpret_cast<const float*>(gamma),
@@ -512,6 +517,11 @@ int launch_group_norm_bwd(uintptr_t dy, uintptr_t x, uintptr_t gamma, uintptr_t 
   if (!valid_dtype(dtype)) return kBadDtype;
   const Shape s = make_shape(N, HW, C, G);
   if (workspace_size < workspace_floats(s) || workspace % alignof(float2)) return kBadWorkspace;
+  // As in the forward: dy, x and dx in packs where all three allow them (launch_bwd_typed).
+  if (!all_aligned({dy, x, dx}, dtype_size(dtype)) ||
+      !all_aligned({gamma, beta, mean, rstd, dgamma, dbeta}, sizeof(float)))
+    return kMisaligned;
+  if (const int status = clear_earlier_error()) return status;
   float2* partials = reinterpret_cast<float2*>(workspace);
   const BwdPtrs p{dy,
                   x,

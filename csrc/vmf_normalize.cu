@@ -241,7 +241,11 @@ int launch_vmf_normalize_bwd(uintptr_t g, uintptr_t x, uintptr_t dx, int64_t row
   if (g == 0) return kNullPointer;
   if (const int status = check_rows_args(x, dx, rows, D, x_row_stride, dx_row_stride, dtype)) return status;
   if (g_row_stride < 0) return kBadStride;
+  // Only element alignment is required: rows that are not aligned for 16-byte packs take the
+  // element-wise kernel (launch_bwd_typed).
+  if (!all_aligned({g, x, dx}, dtype_size(dtype))) return kMisaligned;
   if (!(eps >= 0.0)) return kBadEps;
+  if (const int status = clear_earlier_error()) return status;
   const BwdArgs a{rows, D, g_row_stride, x_row_stride, dx_row_stride, static_cast<float>(eps), as_stream(stream)};
   switch (dtype) {
     case kFloat32: return launch_bwd_typed<float>(g, x, dx, a);
@@ -253,7 +257,10 @@ int launch_vmf_normalize_bwd(uintptr_t g, uintptr_t x, uintptr_t dx, int64_t row
 int launch_vmf_normalize_fwd(uintptr_t x, uintptr_t y, int64_t rows, int64_t D, int64_t x_row_stride,
                              int64_t y_row_stride, int dtype, double eps, uintptr_t stream) {
   if (const int status = check_rows_args(x, y, rows, D, x_row_stride, y_row_stride, dtype)) return status;
+  // As in the backward: packs where the rows allow them (launch_typed), element-wise otherwise.
+  if (!all_aligned({x, y}, dtype_size(dtype))) return kMisaligned;
   if (!(eps >= 0.0)) return kBadEps;
+  if (const int status = clear_earlier_error()) return status;
   const float e = static_cast<float>(eps);
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {

@@ -16,7 +16,7 @@ import torch
 from .. import _C, checks, dispatch
 from ._launch import DTYPE_CODES, check, stream_handle
 
-HEAD_DIMS = (16, 32, 64, 128)
+HEAD_DIMS = tuple(_C.attention_head_dims)  # csrc/common.h, kAttentionHeadDims
 # The longest T and Tq the GPU parity tests cover; the kernels loop over any length.
 MAX_FRAMES = 512
 # Sequence indices are 32-bit in the kernels (csrc/axial_attention.cuh).

@@ -81,3 +81,46 @@ def test_valid_call_without_a_gpu_returns_a_cuda_error_not_a_crash():
     assert code > 0, "a launch with no GPU must fail with a cudaError_t"
     with pytest.raises(KernelLaunchError, match=r"vmf_normalize_fwd: CUDA error"):
         check("vmf_normalize_fwd", code)
+
+
+def test_the_extension_exports_csrc_constants_and_python_builds_on_them():
+    """The dtype codes, status codes and attention head dims come from csrc/common.h through the
+    extension: DTYPE_CODES is its table, the cuda attention backend's HEAD_DIMS its list, every
+    status code has its own message, and the messages that list dtype codes and head dims list
+    the exported ones."""
+    from aef_kernels.cuda import attention
+
+    assert DTYPE_CODES == {getattr(torch, name): code for name, code in _C.dtype_codes.items()}
+    assert attention.HEAD_DIMS == tuple(_C.attention_head_dims)
+    assert len(set(_C.status_codes.values())) == len(_C.status_codes)
+    for name, code in _C.status_codes.items():
+        assert not _C.error_string(code).startswith("CUDA error"), f"status {name} ({code}) has no message"
+    dtypes = ", ".join(f"{code} = {name}" for name, code in sorted(_C.dtype_codes.items(), key=lambda kv: kv[1]))
+    assert f"({dtypes})" in _C.error_string(_C.status_codes["bad_dtype"])
+    dims = ", ".join(map(str, _C.attention_head_dims))
+    assert f"(supported: {dims})" in _C.error_string(_C.status_codes["bad_head_dim"])
+
+
+@pytest.mark.parametrize("exported, named", [
+    ({"float32": 0, "float16": 1}, "bfloat16"),  # a dtype the dispatcher sends to the kernels has no code
+    ({"float32": 0, "float16": 1, "bfloat16": 2, "float8": 3}, "float8"),  # not a torch dtype
+    ({"float32": 0, "float16": 1, "bfloat16": 1}, "bfloat16"),  # two dtypes, one code
+    ({"float32": 0, "float16": 1, "bfloat16": 2, "float64": 3}, "float64"),  # one the kernels are never sent
+])
+def test_dtype_codes_that_do_not_match_the_package_are_an_import_error(exported, named):
+    """An extension whose dtype table does not give one code to each of checks.KERNEL_DTYPES is
+    refused at import with an ImportError that names the table and says to rebuild."""
+    from aef_kernels.cuda._launch import dtype_codes
+
+    with pytest.raises(ImportError, match=rf"{named}.*rebuild it \(pip install \.\)"):
+        dtype_codes(exported)
+
+
+def test_a_faulted_context_is_reported_as_an_earlier_error_not_the_kernels():
+    """kContextFaulted (a sticky error found before the launch) raises naming the kernel, saying it
+    was not launched and that the error is not its own."""
+    code = _C.status_codes["context_faulted"]
+    with pytest.raises(KernelLaunchError, match=r"vmf_normalize_fwd: not launched: an earlier CUDA error left "
+                                                r"the context unusable \(code -11\)\. The error is not "
+                                                r"vmf_normalize_fwd's"):
+        check("vmf_normalize_fwd", code)

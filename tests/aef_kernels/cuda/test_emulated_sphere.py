@@ -193,7 +193,7 @@ def test_sphere_rows_past_2_31_elements(emu, dtype, within_reference_error):
     x, g, y, dx = (big.as_strided((2, D), (stride, 1), storage_offset=i * D) for i in range(4))
     x.copy_(xc)
     g.copy_(gc)
-    code = ops.DTYPE_CODES[dtype]
+    code = ops.dtype_code(emu, dtype)
     emu.reset(1)
     status = emu.lib.emu_vmf_normalize_fwd(x.data_ptr(), y.data_ptr(), 2, D, stride, stride, code, EPS)
     status |= emu.lib.emu_vmf_normalize_bwd(g.data_ptr(), x.data_ptr(), dx.data_ptr(), 2, D, stride, stride, stride,

@@ -15,11 +15,12 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from subprocess_helpers import run
 
 from .rewrite import rewrite
 
@@ -33,6 +34,9 @@ OBJCOPY = os.environ.get("OBJCOPY", "objcopy")
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-w"]
 # Kernel sources only: every access checked against its type's alignment (runtime.cpp reports it).
 KERNEL_FLAGS = ["-fsanitize=alignment"]
+# Seconds one compiler, objcopy or linker run may take before it and all it started are killed: the
+# whole emulator builds in about 20 s of CPU time, so a run past this is a hung tool, not a slow one.
+TOOL_TIMEOUT_S = 600
 
 # The case set: a quick one for CI, the full one with AEF_EMULATOR_FULL=1.
 FULL = os.environ.get("AEF_EMULATOR_FULL", "") not in ("", "0")
@@ -59,7 +63,7 @@ def _digest(*parts: str | bytes) -> str:
 
 
 def _compiler_id() -> str:
-    return subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout
+    return run([CXX, "--version"], timeout=60, capture_output=True, text=True, check=True).stdout
 
 
 def _sources(mutation: tuple[str, str, str] | None) -> dict[str, str]:
@@ -100,7 +104,7 @@ def _compile(obj_dir: Path, sources: dict[str, str], main: str, include: list[Pa
         extra = KERNEL_FLAGS if main.endswith(".cu") else []
         cmd = [CXX, *FLAGS, *extra, *(f"-I{p}" for p in include), f"-I{tmp}", "-x", "c++", "-c", str(tmp / main),
                "-o", str(tmp / "out.o")]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = run(cmd, timeout=TOOL_TIMEOUT_S, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"emulator build: {' '.join(cmd)}\n{res.stderr[-6000:]}")
         if main.endswith(".cu"):
@@ -108,7 +112,7 @@ def _compile(obj_dir: Path, sources: dict[str, str], main: str, include: list[Pa
             # csrc) go to the section the runtime poisons before each block. A section attribute in
             # the shim cannot do it: GCC 12 ignores it on the statics of function templates.
             cmd = [OBJCOPY, "--rename-section", ".bss=aef_emu_shared", str(tmp / "out.o")]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            res = run(cmd, timeout=TOOL_TIMEOUT_S, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"emulator build: {' '.join(cmd)}\n{res.stderr[-6000:]}")
 
@@ -141,7 +145,7 @@ def build(mutation: tuple[str, str, str] | None = None) -> Path:
 
     def link(tmp: Path) -> None:
         cmd = [CXX, "-shared", "-o", str(tmp / "libaef_emu.so"), *map(str, objects)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = run(cmd, timeout=TOOL_TIMEOUT_S, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"emulator link: {' '.join(cmd)}\n{res.stderr[-6000:]}")
 
@@ -154,6 +158,8 @@ _I64 = ctypes.c_int64
 _I64P = ctypes.POINTER(ctypes.c_int64)
 _SIGNATURES = {
     "emu_reset": ([], None),
+    "emu_inject_error": ([ctypes.c_int, ctypes.c_int], None),
+    "emu_constants": ([], ctypes.c_char_p),
     "emu_set_seed": ([ctypes.c_uint64], None),
     "emu_failures": ([], ctypes.c_char_p),
     "emu_launches": ([], ctypes.c_char_p),
@@ -174,7 +180,8 @@ _SIGNATURES = {
 
 
 class Emulator:
-    """One loaded emulator library: the launchers (``lib.emu_*``) and its failure and launch logs."""
+    """One loaded emulator library: the launchers (``lib.emu_*``), its failure and launch logs, and
+    csrc's status and dtype codes by name (``status_codes``, ``dtype_codes``: csrc/common.h)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -182,6 +189,17 @@ class Emulator:
         for name, (args, res) in _SIGNATURES.items():
             fn = getattr(self.lib, name)
             fn.argtypes, fn.restype = args, res
+        tables: dict[str, dict[str, int]] = {"status": {}, "dtype": {}}
+        for line in self.lib.emu_constants().decode().split("\n"):
+            if line:
+                table, name, code = line.split(" ")
+                tables[table][name] = int(code)
+        self.status_codes, self.dtype_codes = tables["status"], tables["dtype"]
+
+    def inject_error(self, err: int, sticky: bool) -> None:
+        """Leave the CUDA error ``err`` behind as an earlier call would: in the last-error slot, or
+        sticky (see runtime.cpp, emu_inject_error)."""
+        self.lib.emu_inject_error(err, int(sticky))
 
     def reset(self, seed: int = 0) -> None:
         """Clear the error state and the logs; ``seed`` picks the fiber and block schedule."""

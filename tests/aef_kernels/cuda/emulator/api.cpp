@@ -1,7 +1,9 @@
 // C entry points for ctypes: the launchers of launchers.h with plain arrays in place of the
 // std::vector arguments, on the null stream (launches complete before they return).
+#include <string>
 #include <vector>
 
+#include "common.h"
 #include "launchers.h"
 
 namespace {
@@ -9,6 +11,16 @@ std::vector<int64_t> vec(const int64_t* p, int n) { return std::vector<int64_t>(
 }  // namespace
 
 extern "C" {
+
+// csrc's status and dtype codes, one "status NAME CODE" or "dtype NAME CODE" line each, so that the
+// tests take them from the sources they run.
+const char* emu_constants() {
+  static std::string out;
+  out.clear();
+  for (const auto& c : aef::kStatusCodes) out += std::string("status ") + c.name + " " + std::to_string(c.code) + "\n";
+  for (const auto& c : aef::kDtypeCodes) out += std::string("dtype ") + c.name + " " + std::to_string(c.code) + "\n";
+  return out.c_str();
+}
 
 int emu_vmf_normalize_fwd(uintptr_t x, uintptr_t y, int64_t rows, int64_t D, int64_t xs, int64_t ys, int dtype,
                           double eps) {

@@ -10,12 +10,16 @@ import torch
 
 from . import Emulator
 
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common.h, enum Dtype
 GUARD = 64  # elements each side; a multiple of 16 bytes for every dtype, so alignment is kept
 
 
 class EmulatorFailure(AssertionError):
     """The emulator reported a failed launch, a non-zero status, or a write outside an output."""
+
+
+def dtype_code(emu: Emulator, dtype: torch.dtype) -> int:
+    """csrc's code of ``dtype`` (enum Dtype), as the emulated sources define it."""
+    return emu.dtype_codes[str(dtype).removeprefix("torch.")]
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -100,7 +104,7 @@ def attention_fwd(emu: Emulator, q, k, v, mask, scale: float):
     status = emu.lib.emu_attention_fwd(
         _ptr(q), _ptr(k), _ptr(v), _ptr(m), _ptr(o.t), _ptr(lse.t), _arr([B, Tq, T, H, W, NH, d]),
         _arr(_strides5(q)), _arr(_strides5(k)), _arr(_strides5(v)), _arr(_mask_strides(m)), scale,
-        DTYPE_CODES[q.dtype])
+        dtype_code(emu, q.dtype))
     run(emu, "axial attention forward", status, [o, lse])
     return o.t, lse.t
 
@@ -117,7 +121,7 @@ def attention_bwd(emu: Emulator, grad, q, k, v, o, lse, mask, scale: float):
     status = emu.lib.emu_attention_bwd(
         _ptr(grad), _ptr(q), _ptr(k), _ptr(v), _ptr(o), _ptr(lse), _ptr(m), _ptr(delta.t), _ptr(dq.t), _ptr(dk.t),
         _ptr(dv.t), _arr([B, Tq, T, H, W, NH, d]), _arr(_strides5(q)), _arr(_strides5(k)), _arr(_strides5(v)),
-        _arr(_mask_strides(m)), scale, DTYPE_CODES[q.dtype])
+        _arr(_mask_strides(m)), scale, dtype_code(emu, q.dtype))
     run(emu, "axial attention backward", status, [delta, dq, dk, dv])
     return dq.t, dk.t, dv.t
 
@@ -128,7 +132,8 @@ def vmf_fwd(emu: Emulator, x: torch.Tensor, eps: float, y_row_stride: int | None
     rows, D = x.shape
     ys = D if y_row_stride is None else y_row_stride
     y = Guarded((rows, ys), x.dtype, offset=y_offset)
-    status = emu.lib.emu_vmf_normalize_fwd(_ptr(x), _ptr(y.t), rows, D, x.stride(0), ys, DTYPE_CODES[x.dtype], eps)
+    status = emu.lib.emu_vmf_normalize_fwd(_ptr(x), _ptr(y.t), rows, D, x.stride(0), ys, dtype_code(emu, x.dtype),
+                                           eps)
     run(emu, "vmf_normalize forward", status, [y])
     return y.t[:, :D]
 
@@ -137,7 +142,7 @@ def vmf_bwd(emu: Emulator, g: torch.Tensor, x: torch.Tensor, eps: float, dx_offs
     rows, D = x.shape
     dx = Guarded((rows, D), x.dtype, offset=dx_offset)
     status = emu.lib.emu_vmf_normalize_bwd(_ptr(g), _ptr(x), _ptr(dx.t), rows, D, g.stride(0), x.stride(0), D,
-                                           DTYPE_CODES[x.dtype], eps)
+                                           dtype_code(emu, x.dtype), eps)
     run(emu, "vmf_normalize backward", status, [dx])
     return dx.t
 
@@ -150,7 +155,7 @@ def uniformity_fwd(emu: Emulator, u: torch.Tensor, max_partials: int = 1024):
     partials = Guarded((max_partials,), torch.float32)
     loss = Guarded((1,), u.dtype)
     status = emu.lib.emu_batch_uniformity_fwd(_ptr(u), _ptr(dots.t), _ptr(partials.t), _ptr(loss.t), B, M, D,
-                                              u.stride(0), u.stride(1), max_partials, DTYPE_CODES[u.dtype])
+                                              u.stride(0), u.stride(1), max_partials, dtype_code(emu, u.dtype))
     run(emu, "batch_uniformity forward", status, [dots, partials, loss])
     return loss.t[0], dots.t
 
@@ -160,7 +165,7 @@ def uniformity_bwd(emu: Emulator, grad: torch.Tensor, u: torch.Tensor, dots: tor
     du = Guarded((B, M, D), u.dtype, offset=du_offset)
     g = embed(grad.reshape(1).to(u.dtype))
     status = emu.lib.emu_batch_uniformity_bwd(_ptr(g), _ptr(u), _ptr(dots), _ptr(du.t), B, M, D, u.stride(0),
-                                              u.stride(1), DTYPE_CODES[u.dtype])
+                                              u.stride(1), dtype_code(emu, u.dtype))
     run(emu, "batch_uniformity backward", status, [du])
     return du.t
 
@@ -175,7 +180,7 @@ def group_norm_fwd(emu: Emulator, x, gamma, beta, G: int, eps: float, gelu: bool
     mean = Guarded((N, G), torch.float32)
     rstd = Guarded((N, G), torch.float32)
     status = emu.lib.emu_group_norm_fwd(_ptr(x), _ptr(gamma), _ptr(beta), _ptr(y.t), _ptr(mean.t), _ptr(rstd.t),
-                                        _ptr(ws.t), ws_size, N, HW, C, G, DTYPE_CODES[x.dtype], eps, int(gelu))
+                                        _ptr(ws.t), ws_size, N, HW, C, G, dtype_code(emu, x.dtype), eps, int(gelu))
     run(emu, "group_norm forward", status, [ws, y, mean, rstd])
     return y.t, mean.t, rstd.t
 
@@ -189,6 +194,6 @@ def group_norm_bwd(emu: Emulator, dy, x, gamma, beta, mean, rstd, G: int, gelu: 
     dbeta = Guarded((C,), torch.float32)
     status = emu.lib.emu_group_norm_bwd(_ptr(dy), _ptr(x), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(rstd),
                                         _ptr(dx.t), _ptr(dgamma.t), _ptr(dbeta.t), _ptr(ws.t), ws_size, N, HW, C,
-                                        G, DTYPE_CODES[x.dtype], int(gelu))
+                                        G, dtype_code(emu, x.dtype), int(gelu))
     run(emu, "group_norm backward", status, [ws, dx, dgamma, dbeta])
     return dx.t, dgamma.t, dbeta.t

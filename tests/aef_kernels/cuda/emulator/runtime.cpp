@@ -691,7 +691,11 @@ const char* cudaGetErrorName(cudaError_t err) {
     case cudaErrorInitializationError: return "cudaErrorInitializationError";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorStubLibrary: return "cudaErrorStubLibrary";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorDevicesUnavailable: return "cudaErrorDevicesUnavailable";
     case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady: return "cudaErrorNotReady";
@@ -699,6 +703,9 @@ const char* cudaGetErrorName(cudaError_t err) {
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorMisalignedAddress: return "cudaErrorMisalignedAddress";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorSystemNotReady: return "cudaErrorSystemNotReady";
+    case cudaErrorSystemDriverMismatch: return "cudaErrorSystemDriverMismatch";
+    case cudaErrorCompatNotSupportedOnDevice: return "cudaErrorCompatNotSupportedOnDevice";
     default: return "cudaErrorUnknown";
   }
 }
@@ -767,6 +774,13 @@ void emu_reset() {
   g_last = g_sticky = cudaSuccess;
   aef_emu::g_failures.clear();
   aef_emu::g_launches.clear();
+}
+
+// An error left by an earlier call, as the next launcher finds it: in the last-error slot only
+// (sticky = 0: cudaGetLastError clears it), or sticky (a faulted context, or a runtime that cannot
+// start: every later call reports it and nothing runs until emu_reset).
+void emu_inject_error(int err, int sticky) {
+  (sticky ? g_sticky : g_last) = static_cast<cudaError_t>(err);
 }
 
 void emu_set_seed(uint64_t seed) {
