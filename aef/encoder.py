@@ -1,10 +1,11 @@
 """The Space-Time-Precision encoder (AEF_MODEL.md §2.3-2.5).
 
 Three paths over the same frames at three resolutions: precision P at L/2 (width d_p), time T at
-L/8 (d_t) and space S at L/16 (d_s). Every kernel-covered op goes through ``aef_kernels`` with the
-module's ``backend``; space attention and MLPs are plain PyTorch. All operators are per frame except
-the time operator, whose key mask keeps masked frames from influencing valid ones; no operator uses
-a frame's index, so the output is equivariant to the order of frames.
+L/8 (d_t) and space S at L/16 (d_s). Every kernel-covered op goes through ``aef_kernels`` on the
+backend the caller selected (``AEF`` enters its ``backend`` around every entry point); space
+attention and MLPs are plain PyTorch. All operators are per frame except the time operator, whose
+key mask keeps masked frames from influencing valid ones; no operator uses a frame's index, so the
+output is equivariant to the order of frames.
 """
 
 from __future__ import annotations
@@ -85,11 +86,9 @@ class TimeOperator(nn.Module):
     """Adds a projection of the frame timecode, then pre-LN axial attention along time at every pixel
     (the key mask hides invalid frames/pixels) and an MLP; residual around each."""
 
-    def __init__(self, dim: int, heads: int, timecode_dim: int, mlp_ratio: int = 4, eps: float = 1e-5,
-                 backend: Optional[str] = None):
+    def __init__(self, dim: int, heads: int, timecode_dim: int, mlp_ratio: int = 4, eps: float = 1e-5):
         super().__init__()
         self.heads = heads
-        self.backend = backend
         self.time_proj = nn.Linear(timecode_dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -104,7 +103,7 @@ class TimeOperator(nn.Module):
         qkv = self.qkv(self.norm1(x)).view(B, T, H, W, 3, self.heads, C // self.heads)
         # Strided slices of the fused projection; the kernel reads them in place.
         o = K.axial_time_attention(qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :],
-                                   key_padding_mask=mask, backend=self.backend)  # (B, T, H, W, heads, hd)
+                                   key_padding_mask=mask)  # (B, T, H, W, heads, hd)
         x = x + self.proj(o.reshape(B, T, H, W, C))
         return x + self.mlp(self.norm2(x))
 
@@ -112,9 +111,9 @@ class TimeOperator(nn.Module):
 class PrecisionOperator(nn.Module):
     """x + conv3x3(GELU(conv3x3(GroupNorm(x)))) per frame, C -> 4C -> C."""
 
-    def __init__(self, dim: int, num_groups: int, eps: float = 1e-5, backend: Optional[str] = None):
+    def __init__(self, dim: int, num_groups: int, eps: float = 1e-5):
         super().__init__()
-        self.num_groups, self.eps, self.backend = num_groups, eps, backend
+        self.num_groups, self.eps = num_groups, eps
         self.gn_weight = nn.Parameter(torch.ones(dim))
         self.gn_bias = nn.Parameter(torch.zeros(dim))
         conv1, conv2 = nn.Conv2d(dim, 4 * dim, 3), nn.Conv2d(4 * dim, dim, 3)
@@ -124,15 +123,14 @@ class PrecisionOperator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, H, W, C) -> (N, H, W, C)."""
         return K.precision_operator(x, self.gn_weight, self.gn_bias, self.w1, self.b1, self.w2, self.b2,
-                                    self.num_groups, self.eps, backend=self.backend)
+                                    self.num_groups, self.eps)
 
 
 class PyramidExchange(nn.Module):
     """S += down8(P) + down2(T); T += down4(P) + up2(S); P += up4(T) + up8(S), per frame."""
 
-    def __init__(self, d_s: int, d_t: int, d_p: int, backend: Optional[str] = None):
+    def __init__(self, d_s: int, d_t: int, d_p: int):
         super().__init__()
-        self.backend = backend
         self.p_to_s_w, self.p_to_s_b = resample_weight(d_s, d_p, P_TO_S), nn.Parameter(torch.zeros(d_s))
         self.t_to_s_w, self.t_to_s_b = resample_weight(d_s, d_t, T_TO_S), nn.Parameter(torch.zeros(d_s))
         self.p_to_t_w, self.p_to_t_b = resample_weight(d_t, d_p, P_TO_T), nn.Parameter(torch.zeros(d_t))
@@ -145,24 +143,24 @@ class PyramidExchange(nn.Module):
 
     def forward(self, xs, xt, xp):
         """xs: (N, L/16, L/16, d_s), xt: (N, L/8, L/8, d_t), xp: (N, L/2, L/2, d_p) -> the same shapes."""
-        return K.pyramid_exchange(xs, xt, xp, self.params(), backend=self.backend)
+        return K.pyramid_exchange(xs, xt, xp, self.params())
 
 
 class STPBlock(nn.Module):
     """One Space-Time-Precision block: the three operators on their own paths, then the exchange.
 
-    ``STPBlock(config, backend=None)``; ``forward(xs, xt, xp, timecode, mask_t)`` with
+    ``STPBlock(config)``; ``forward(xs, xt, xp, timecode, mask_t)`` with
     xs (B, T, L/16, L/16, d_s), xt (B, T, L/8, L/8, d_t), xp (B, T, L/2, L/2, d_p), timecode (B, T, tc)
     float and mask_t (B, T, L/8, L/8) or (B, T) bool (True = valid) or None; returns (xs, xt, xp).
     """
 
-    def __init__(self, config: AEFConfig, backend: Optional[str] = None):
+    def __init__(self, config: AEFConfig):
         super().__init__()
         c = config
         self.space = SpaceOperator(c.d_s, c.num_heads(c.d_s), c.mlp_ratio, c.norm_eps)
-        self.time = TimeOperator(c.d_t, c.num_heads(c.d_t), c.timecode_dim, c.mlp_ratio, c.norm_eps, backend)
-        self.precision = PrecisionOperator(c.d_p, c.precision_groups, c.norm_eps, backend)
-        self.exchange = PyramidExchange(c.d_s, c.d_t, c.d_p, backend)
+        self.time = TimeOperator(c.d_t, c.num_heads(c.d_t), c.timecode_dim, c.mlp_ratio, c.norm_eps)
+        self.precision = PrecisionOperator(c.d_p, c.precision_groups, c.norm_eps)
+        self.exchange = PyramidExchange(c.d_s, c.d_t, c.d_p)
 
     def forward(self, xs, xt, xp, timecode, mask_t):
         B, T = xt.shape[:2]
@@ -191,19 +189,19 @@ class STPBlock(nn.Module):
 class STPEncoder(nn.Module):
     """Path initialisation, ``blocks`` STP blocks and the final fuse.
 
-    ``STPEncoder(config, backend=None)``; ``forward(x_p0, timecode, mask)`` with x_p0
+    ``STPEncoder(config)``; ``forward(x_p0, timecode, mask)`` with x_p0
     (B, T, L/2, L/2, d_p), timecode (B, T, tc) float (see ``aef.timecode.timecode``) and mask
     (B, T, L/2, L/2) or (B, T) bool (True = valid) or None; returns F (B, T, L/2, L/2, d_p).
     Masked frames never reach valid frames; their outputs are unspecified.
     """
 
-    def __init__(self, config: AEFConfig, backend: Optional[str] = None):
+    def __init__(self, config: AEFConfig):
         super().__init__()
         c = config
-        self.config, self.backend = c, backend
+        self.config = c
         self.init_t_w, self.init_t_b = resample_weight(c.d_t, c.d_p, P_TO_T, 1.0), nn.Parameter(torch.zeros(c.d_t))
         self.init_s_w, self.init_s_b = resample_weight(c.d_s, c.d_p, P_TO_S, 1.0), nn.Parameter(torch.zeros(c.d_s))
-        self.blocks = nn.ModuleList(STPBlock(c, backend) for _ in range(c.blocks))
+        self.blocks = nn.ModuleList(STPBlock(c) for _ in range(c.blocks))
         self.fuse_t_w, self.fuse_t_b = resample_weight(c.d_p, c.d_t), nn.Parameter(torch.zeros(c.d_p))
         self.fuse_s_w, self.fuse_s_b = resample_weight(c.d_p, c.d_s), nn.Parameter(torch.zeros(c.d_p))
         self.norm = nn.LayerNorm(c.d_p, eps=c.norm_eps)
@@ -216,10 +214,10 @@ class STPEncoder(nn.Module):
         mask_t = downsample_mask(mask, P_TO_T) if mask is not None and mask.dim() == 4 else mask
         frames = self._valid_frames(mask, B * T)
         xp = x_p0.flatten(0, 1)  # (B*T, L/2, L/2, d_p)
-        xt = K.resample_down(xp, self.init_t_w, self.init_t_b, P_TO_T, backend=self.backend)  # (B*T, L/8, L/8, d_t)
+        xt = K.resample_down(xp, self.init_t_w, self.init_t_b, P_TO_T)  # (B*T, L/8, L/8, d_t)
         if frames is not None:
             xp = xp.index_select(0, frames)  # (N, L/2, L/2, d_p)
-        xs = K.resample_down(xp, self.init_s_w, self.init_s_b, P_TO_S, backend=self.backend)  # (N, L/16, L/16, d_s)
+        xs = K.resample_down(xp, self.init_s_w, self.init_s_b, P_TO_S)  # (N, L/16, L/16, d_s)
         xs = xs + sincos_2d(xs.shape[1], xs.shape[2], xs.shape[3], xs.device, xs.dtype)
         xt = xt.unflatten(0, (B, T))
         for block in self.blocks:
@@ -227,8 +225,8 @@ class STPEncoder(nn.Module):
         xt = xt.flatten(0, 1)
         if frames is not None:
             xt = xt.index_select(0, frames)
-        fused = self.norm(xp + K.resample_up(xt, self.fuse_t_w, self.fuse_t_b, P_TO_T, backend=self.backend)
-                          + K.resample_up(xs, self.fuse_s_w, self.fuse_s_b, P_TO_S, backend=self.backend))
+        fused = self.norm(xp + K.resample_up(xt, self.fuse_t_w, self.fuse_t_b, P_TO_T)
+                          + K.resample_up(xs, self.fuse_s_w, self.fuse_s_b, P_TO_S))
         if frames is not None:
             fused = fused.new_zeros(B * T, *fused.shape[1:]).index_copy(0, frames, fused)
         return fused.unflatten(0, (B, T))  # (B, T, L/2, L/2, d_p)

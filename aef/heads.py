@@ -43,14 +43,13 @@ class DepthToSpaceUpsample(nn.Module):
 class VMFMeanHead(nn.Module):
     """LayerNorm, Linear(d -> embed_dim), L2 normalisation: the vMF mean direction mu, |mu| = 1."""
 
-    def __init__(self, dim: int, embed_dim: int = 64, eps: float = 1e-5, backend: Optional[str] = None):
+    def __init__(self, dim: int, embed_dim: int = 64, eps: float = 1e-5):
         super().__init__()
-        self.backend = backend
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.proj = nn.Linear(dim, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return K.vmf_normalize(self.proj(self.norm(x)), backend=self.backend)
+        return K.vmf_normalize(self.proj(self.norm(x)))
 
 
 def sample_vmf(mu: torch.Tensor, kappa: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -121,12 +120,9 @@ class ImplicitDecoder(nn.Module):
 class TextAdapter(nn.Module):
     """A frozen text encoder's vector (B, D_text) and the period code (B, 3 tc) -> (B, e), unit norm."""
 
-    def __init__(self, text_dim: int, period_dim: int, hidden: int, embed_dim: int = 64,
-                 backend: Optional[str] = None):
+    def __init__(self, text_dim: int, period_dim: int, hidden: int, embed_dim: int = 64):
         super().__init__()
-        self.backend = backend
         self.mlp = Mlp(text_dim + period_dim, hidden, embed_dim)
 
     def forward(self, text: torch.Tensor, period_code: torch.Tensor) -> torch.Tensor:
-        return K.vmf_normalize(self.mlp(torch.cat([text, period_code.to(text.dtype)], dim=-1)),
-                               backend=self.backend)
+        return K.vmf_normalize(self.mlp(torch.cat([text, period_code.to(text.dtype)], dim=-1)))

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -18,6 +20,7 @@ from typing import Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+import aef_kernels as K
 from aef_kernels import dispatch as _dispatch
 
 from . import preprocess as _pre
@@ -53,6 +56,17 @@ class Encoded:
         return m.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
 
 
+def _on_kernel_backend(method):
+    """Run an AEF method inside the model's :meth:`AEF.kernels` context."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.kernels():
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class AEF(nn.Module):
     """AlphaEarth Foundations.
 
@@ -61,7 +75,9 @@ class AEF(nn.Module):
     map source names to channel counts (default: sentinel2, sentinel1, landsat as inputs, every
     registered target source decoded); ``overrides`` are AEFConfig fields. ``backend`` names the
     ``aef_kernels`` backend of every kernel call; "auto" (or None) defers to ``K.use_backend`` and
-    ``AEF_KERNELS_BACKEND``, a named backend is forced.
+    ``AEF_KERNELS_BACKEND``, a named backend is forced. It is the one switch: every entry point that
+    runs kernels (encode, summarize, embed, forward, decode, embed_text) runs inside
+    :meth:`kernels`, and the submodules take no backend of their own.
     """
 
     def __init__(self, model_size: Union[str, AEFConfig] = "small",
@@ -87,22 +103,27 @@ class AEF(nn.Module):
         self.statistics = None if c.statistics is None else _pre.Statistics.from_dict(c.statistics,
                                                                                        "AEFConfig.statistics")
         self.projectors = SourceProjectors(c)
-        self.encoder = STPEncoder(c, self.backend)
-        self.summarizer = Summarizer(c, self.backend)
+        self.encoder = STPEncoder(c)
+        self.summarizer = Summarizer(c)
         self.upsample = DepthToSpaceUpsample(c.d_p)
-        self.head = VMFMeanHead(c.d_p, c.embed_dim, c.norm_eps, self.backend)
+        self.head = VMFMeanHead(c.d_p, c.embed_dim, c.norm_eps)
         self.decoders = nn.ModuleDict({
             n: ImplicitDecoder(c.embed_dim, 1 + 2 * c.decoder_time_freqs, s.metadata_size, s.channels,
                                c.decoder_hidden)
             for n, s in self.decode_specs.items()
         })
-        self.text_adapter = TextAdapter(c.text_dim, 3 * c.timecode_dim, c.text_hidden, c.embed_dim, self.backend)
+        self.text_adapter = TextAdapter(c.text_dim, 3 * c.timecode_dim, c.text_hidden, c.embed_dim)
         # CLIP's learned temperature: ln(1 / 0.07) at the start, clamped at ln(100) where used.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     @classmethod
     def from_config(cls, config: AEFConfig, backend: Optional[str] = "auto") -> "AEF":
         return cls(config, backend=backend)
+
+    def kernels(self):
+        """The context this model's kernel calls run in: ``K.use_backend(self.backend)`` for a named
+        backend; for "auto", the caller's (no context of its own)."""
+        return contextlib.nullcontext() if self.backend is None else K.use_backend(self.backend)
 
     # Timecodes with this model's periods.
     def timecode(self, t_ms: torch.Tensor) -> torch.Tensor:
@@ -117,6 +138,7 @@ class AEF(nn.Module):
         """Raw values -> model values (:mod:`aef.preprocess`) with this model's statistics."""
         return _pre.preprocess_inputs(inputs, specs, self.statistics)
 
+    @_on_kernel_backend
     def encode(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
                masks: Optional[Mapping[str, torch.Tensor]] = None, transformed: bool = False) -> Encoded:
         """Per source (B, N_i, L, L, C_i) raw data, (B, N_i) epoch-ms times, optional (B, N_i),
@@ -133,6 +155,7 @@ class AEF(nn.Module):
         frame_tc = self.timecode(times)  # (B, T, tc)
         return Encoded(self.encoder(x_p0, frame_tc, mask), frame_tc, mask)
 
+    @_on_kernel_backend
     def summarize(self, encoded: Encoded, periods: torch.Tensor) -> torch.Tensor:
         """periods (B, Q, 2) epoch ms (float64/int64) -> mu (B, Q, L, L, embed_dim), unit vectors."""
         check_epoch_ms("periods", periods)
@@ -145,12 +168,14 @@ class AEF(nn.Module):
         mu = self.summarize(encoded, periods)
         return mu[:, 0] if single else mu
 
+    @_on_kernel_backend
     def embed(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
               valid_periods: PeriodsLike, masks: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
         """float32 unit vectors mu: (B, L, L, 64) for one period per sample ((B, 2) or a list of
         (start, end)), (B, Q, L, L, 64) for (B, Q, 2) periods."""
         return self._embeddings(self.encode(source_data, timestamps, masks), valid_periods).float()
 
+    @_on_kernel_backend
     def forward(self, source_data: Mapping[str, torch.Tensor], timestamps: Mapping[str, torch.Tensor],
                 valid_periods: PeriodsLike, masks: Optional[Mapping[str, torch.Tensor]] = None,
                 targets: Optional[Mapping[str, torch.Tensor]] = None,
@@ -189,6 +214,7 @@ class AEF(nn.Module):
         spec = self.decode_specs[source]
         return _pre.invert(y, spec, self.statistics) if physical and spec.loss != "ce" else y
 
+    @_on_kernel_backend
     def embed_text(self, text: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
         """Precomputed text vectors (B, text_dim) for periods (B, 2) -> (B, e) unit vectors."""
         return self.text_adapter(text, self.period_code(period))

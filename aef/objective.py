@@ -285,7 +285,7 @@ def pretraining_step(model, source_data, timestamps, valid_periods, masks=None, 
         weighted.append(spec.weight * losses[f"reconstruction/{name}"])
     zero = mu_t.sum() * 0.0
     losses["reconstruction"] = torch.stack(weighted).mean() if weighted else zero
-    losses["uniformity"] = K.batch_uniformity_loss(mu_c, backend=model.backend)
+    losses["uniformity"] = K.batch_uniformity_loss(mu_c)  # on the backend AEF.forward entered
     losses["consistency"] = consistency_loss(mu_c.detach(), mu_s, teacher.pixel_valid() & student.pixel_valid())
     if text is not None:
         rows = torch.arange(B, device=mu_t.device)

@@ -20,11 +20,10 @@ class Summarizer(nn.Module):
     period's (start, end, duration) timecodes. A pixel with no valid frame gets exactly zero.
     """
 
-    def __init__(self, config: AEFConfig, backend: Optional[str] = None):
+    def __init__(self, config: AEFConfig):
         super().__init__()
         d, tc = config.d_p, config.timecode_dim
         self.heads = config.num_heads(d)
-        self.backend = backend
         self.query = Mlp(3 * tc, config.mlp_ratio * d, d)
         self.key_time = nn.Linear(tc, d)
         self.q_proj = nn.Linear(d, d)
@@ -41,8 +40,7 @@ class Summarizer(nn.Module):
         kv = kv.view(B, T, H, W, 2, nh, d // nh)
         q = self.q_proj(self.query(period_tc.to(fused.dtype))).view(B, Q, 1, 1, nh, d // nh)
         q = q.expand(B, Q, H, W, nh, d // nh).contiguous()  # (B, Q, H, W, heads, hd)
-        o = K.axial_time_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], key_padding_mask=mask,
-                                   backend=self.backend)  # (B, Q, H, W, heads, hd)
+        o = K.axial_time_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], key_padding_mask=mask)  # (B, Q, H, W, heads, hd)
         o = self.out(o.reshape(B, Q, H, W, d))
         if mask is None:
             return o

@@ -10,33 +10,10 @@ See KERNELS.md for the API; ``python -m aef_kernels.info`` shows which backends 
 
 from ._version import __version__
 from .dispatch import BackendUnavailableError, use_backend
-from .functional import (
-    ExchangeParams,
-    axial_time_attention,
-    batch_uniformity_loss,
-    group_norm_nhwc,
-    precision_operator,
-    pyramid_exchange,
-    resample_down,
-    resample_up,
-    vmf_normalize,
-)
+from . import functional as _functional
+from .functional import *  # noqa: F401,F403  (one public function per op spec, and ExchangeParams)
 
-from . import reference  # noqa: E402,F401  (registers the reference backend)
 from . import triton as _triton_backend  # noqa: E402,F401
 from . import cuda as _cuda_backend  # noqa: E402,F401
 
-__all__ = [
-    "__version__",
-    "BackendUnavailableError",
-    "ExchangeParams",
-    "axial_time_attention",
-    "batch_uniformity_loss",
-    "group_norm_nhwc",
-    "precision_operator",
-    "pyramid_exchange",
-    "resample_down",
-    "resample_up",
-    "use_backend",
-    "vmf_normalize",
-]
+__all__ = ["__version__", "BackendUnavailableError", "use_backend", *_functional.__all__]

@@ -1,14 +1,18 @@
-"""Backend registry and dispatch.
+"""Backend registry and dispatch (docs/kernels.md §4).
 
-Each op has one implementation per backend, registered with :func:`register`. An implementation
-states why it cannot run on given inputs through its ``reasons`` function (an empty list means it
-can), in the spirit of xformers' ``not_supported_reasons``.
+Each op (declared once in ``aef_kernels.ops``) has one implementation per backend, registered with
+:func:`register` together with the backend's :class:`~aef_kernels.spec.Capability`: the devices,
+dtypes and sizes it supports, as data, plus an op-specific check. The reasons it cannot run on given
+inputs are derived from that declaration (an empty list means it can), in the spirit of xformers'
+``not_supported_reasons``, and worded the same for every backend. The reference of every op is
+registered from its spec and runs on any device and float dtype.
 
 Selection, in order of precedence: the ``backend=`` argument of a call, the innermost
 :func:`use_backend` context, the ``AEF_KERNELS_BACKEND`` environment variable (read once, at
 import), then ``"auto"``. ``auto`` walks :data:`AUTO_PRIORITY` for the inputs' device type and takes
 the first backend with no reasons; a backend that was asked for by name raises
-:class:`BackendUnavailableError` listing every reason instead of falling back.
+:class:`BackendUnavailableError` listing every reason instead of falling back. Implementations
+receive the op's validated inputs by name (the fields of its inputs record).
 
 Everything consulted here is a plain Python value (module globals, tensor metadata), so Dynamo
 traces dispatch into guards and ``torch.compile(fullgraph=True)`` sees no graph break.
@@ -20,22 +24,17 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
+from .checks import FLOAT_DTYPES
+from .ops import BY_NAME, SPECS
+from .spec import Capability, tensors
+
 _log = logging.getLogger("aef_kernels")
 
-OPS = (
-    "axial_time_attention",
-    "precision_operator",
-    "group_norm_nhwc",
-    "resample_down",
-    "resample_up",
-    "pyramid_exchange",
-    "vmf_normalize",
-    "batch_uniformity_loss",
-)
+OPS = tuple(spec.name for spec in SPECS)
 BACKENDS = ("reference", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
 
@@ -56,7 +55,7 @@ class Implementation:
     op: str
     backend: str
     fn: Callable
-    reasons: Callable[..., list[str]]
+    capability: Capability
 
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
@@ -65,26 +64,24 @@ _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 _BACKEND_UNAVAILABLE: dict[str, list[str]] = {b: [] for b in BACKENDS}
 
 
-def _no_reasons(*args, **kwargs) -> list[str]:
-    return []
-
-
-def register(op: str, backend: str, reasons: Callable[..., list[str]] = _no_reasons):
-    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``.
-
-    ``fn`` and ``reasons`` are called with the op's validated arguments, positionally, in the order
-    of the public signature.
-    """
+def register(op: str, backend: str, capability: Capability):
+    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``, which can run what
+    ``capability`` declares. ``fn`` is called with the op's validated inputs by name."""
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
 
     def wrap(fn: Callable) -> Callable:
-        _REGISTRY[op][backend] = Implementation(op, backend, fn, reasons)
+        _REGISTRY[op][backend] = Implementation(op, backend, fn, capability)
         return fn
 
     return wrap
+
+
+REFERENCE_CAPABILITY = Capability(devices=None, dtypes=FLOAT_DTYPES)
+for _spec in SPECS:
+    register(_spec.name, "reference", REFERENCE_CAPABILITY)(_spec.reference)
 
 
 def mark_backend_unavailable(backend: str, reason: str) -> None:
@@ -128,41 +125,39 @@ def requested_backend(backend: str | None = None) -> str:
 
 
 def not_supported_reasons(op: str, backend: str, *args) -> list[str]:
-    """Why ``backend`` cannot run ``op`` on these (already validated) arguments; [] if it can."""
+    """Why ``backend`` cannot run ``op`` on these validated inputs (an inputs record, or its fields
+    in order); [] if it can."""
+    inputs = BY_NAME[op].record(args[0] if len(args) == 1 and isinstance(args[0], BY_NAME[op].inputs) else args)
     reasons = list(_BACKEND_UNAVAILABLE[backend])
     impl = _REGISTRY[op].get(backend)
     if impl is None:
         reasons.append(f"no {backend} implementation of {op}")
     elif not reasons:
-        reasons.extend(impl.reasons(*args))
+        reasons.extend(impl.capability.reasons(BY_NAME[op], backend, inputs))
     return reasons
 
 
-def _device_type(args: Sequence) -> str:
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            return a.device.type
-        if isinstance(a, (tuple, list)):
-            for b in a:
-                if isinstance(b, torch.Tensor):
-                    return b.device.type
+def _device_type(inputs: NamedTuple) -> str:
+    for _, t in tensors(inputs):
+        return t.device.type
     return "cpu"
 
 
-def select(op: str, args: Sequence, backend: str | None = None) -> Implementation:
-    """The implementation that runs ``op`` on ``args`` for the requested backend."""
+def select(op: str, inputs, backend: str | None = None) -> Implementation:
+    """The implementation that runs ``op`` on ``inputs`` (its record, or a tuple of its fields) for
+    the requested backend."""
+    inputs = BY_NAME[op].record(inputs)
     name = requested_backend(backend)
     if name != "auto":
-        reasons = not_supported_reasons(op, name, *args)
+        reasons = not_supported_reasons(op, name, inputs)
         if reasons:
             raise BackendUnavailableError(
                 f"{op}: backend {name!r} cannot run these inputs:\n  - " + "\n  - ".join(reasons)
             )
         return _REGISTRY[op][name]
     tried = []
-    device = _device_type(args)
-    for candidate in AUTO_PRIORITY[op].get(device, _FALLBACK_PRIORITY):
-        reasons = not_supported_reasons(op, candidate, *args)
+    for candidate in AUTO_PRIORITY[op].get(_device_type(inputs), _FALLBACK_PRIORITY):
+        reasons = not_supported_reasons(op, candidate, inputs)
         if not reasons:
             return _REGISTRY[op][candidate]
         tried.append((candidate, reasons))
@@ -172,8 +167,10 @@ def select(op: str, args: Sequence, backend: str | None = None) -> Implementatio
     raise BackendUnavailableError(f"{op}: no backend can run these inputs ({detail})")
 
 
-def call(op: str, args: Sequence, backend: str | None = None):
-    return select(op, args, backend).fn(*args)
+def call(op: str, inputs: NamedTuple, backend: str | None = None):
+    """Run ``op`` on its validated inputs record with the selected backend."""
+    impl = select(op, inputs, backend)
+    return impl.fn(**dict(zip(inputs._fields, inputs)))
 
 
 def registered_backends(op: str) -> list[str]:

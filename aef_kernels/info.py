@@ -1,72 +1,20 @@
 """``python -m aef_kernels.info``: version, build, device, and which backend can run each op.
 
-Whether a backend can run depends on the inputs, so each op is asked about one small, typical input
-(bfloat16 on a GPU, float32 on CPU) on the device this machine would use.
+Whether a backend can run depends on the inputs, so each op is asked about the typical input of its
+spec (bfloat16 on a GPU, float32 on CPU) on the device this machine would use.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import os
 import platform
-import sys
 from pathlib import Path
 
 import torch
 
 from . import __version__, dispatch
-from .functional import ExchangeParams
-
-
-def example_args(op: str, device: torch.device, dtype: torch.dtype) -> tuple:
-    """A small, valid argument tuple for ``op``, as the dispatcher passes it to a backend."""
-
-    def t(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype)
-
-    if op == "axial_time_attention":
-        q = t(2, 16, 8, 8, 8, 64)
-        mask = torch.ones(2, 16, device=device, dtype=torch.bool)
-        return (q, t(*q.shape), t(*q.shape), mask, 0.125)
-    if op == "precision_operator":
-        C = 64
-        return (t(4, 16, 16, C), t(C), t(C), t(4 * C, C, 3, 3), t(4 * C), t(C, 4 * C, 3, 3), t(C), 32, 1e-5)
-    if op == "group_norm_nhwc":
-        return (t(4, 16, 16, 64), t(64), t(64), 32, 1e-5, "gelu")
-    if op == "resample_down":
-        return (t(4, 16, 16, 64), t(128, 64, 4, 4), t(128), 4)
-    if op == "resample_up":
-        return (t(4, 4, 4, 128), t(64, 128), t(64), 4)
-    if op == "pyramid_exchange":
-        ds, dt, dp = 128, 96, 64
-        params = ExchangeParams(t(ds, dp, 8, 8), t(ds), t(ds, dt, 2, 2), t(ds), t(dt, dp, 4, 4), t(dt),
-                                t(dt, ds), t(dt), t(dp, dt), t(dp), t(dp, ds), t(dp))
-        return (t(4, 2, 2, ds), t(4, 4, 4, dt), t(4, 16, 16, dp), params)
-    if op == "vmf_normalize":
-        return (t(4, 32, 32, 64), 1e-12)
-    if op == "batch_uniformity_loss":
-        return (t(4, 32, 32, 64),)
-    raise ValueError(f"unknown op {op!r}")
-
-
-def shadowed_builds(path: list[str] | None = None) -> list[Path]:
-    """Built extensions ``aef_kernels/_C`` of other copies of the package on ``path`` (default
-    sys.path) than the one imported: an installed package hidden by the source tree that comes first
-    on sys.path (the current directory, for ``python -m`` run inside the checkout)."""
-    here = Path(__file__).resolve().parent
-    found = []
-    for entry in sys.path if path is None else path:
-        spec = importlib.machinery.PathFinder.find_spec(__package__, [entry or os.getcwd()])
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for location in spec.submodule_search_locations:
-            package = Path(location).resolve()
-            if package == here:
-                continue
-            found += [package / f"_C{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
-                      if (package / f"_C{suffix}").is_file()]
-    return list(dict.fromkeys(found))
+from .installation import shadowed_builds
+from .ops import SPECS
 
 
 def build_info() -> dict:
@@ -100,14 +48,14 @@ def build_info() -> dict:
 def backend_table(device: torch.device, dtype: torch.dtype) -> list[tuple[str, str, str, list[str]]]:
     """Rows (op, auto's choice, backend, reasons it cannot run) for every op and backend."""
     rows = []
-    for op in dispatch.OPS:
-        args = example_args(op, device, dtype)
+    for spec in SPECS:
+        inputs = spec.typical(device, dtype)
         try:
-            chosen = dispatch.select(op, args, "auto").backend
+            chosen = dispatch.select(spec.name, inputs, "auto").backend
         except dispatch.BackendUnavailableError:
             chosen = "none"
         for backend in dispatch.BACKENDS:
-            rows.append((op, chosen, backend, dispatch.not_supported_reasons(op, backend, *args)))
+            rows.append((spec.name, chosen, backend, dispatch.not_supported_reasons(spec.name, backend, inputs)))
     return rows
 
 

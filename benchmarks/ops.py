@@ -23,12 +23,14 @@ import torch
 
 import aef_kernels as K
 from aef.config import AEFConfig
+from aef_kernels.ops import SPECS
 from benchmarks import floors, harness, peers, record, runner
 from benchmarks.providers import COMPILE, MODEL_PROVIDERS, Skipped, under_provider
 from benchmarks.runner import FWD, FWD_BWD, Case
 
 JOB = "ops"
-FAMILIES = ("attention", "precision", "group_norm", "exchange", "resample", "sphere")
+# One method of OpCases per family of the op specs.
+FAMILIES = tuple(dict.fromkeys(spec.family for spec in SPECS))
 LARGE = AEFConfig.from_preset("large")
 # Sweeps: full on a GPU, small with --quick and always on CPU (the full one needs tens of GB).
 SWEEPS = {
@@ -69,7 +71,9 @@ class OpCases:
 
     def __init__(self, inputs: runner.Inputs, sweep: dict, skip_compile: bool = False):
         self.inp, self.sweep, self.skip_compile = inputs, sweep, skip_compile
-        self.elt = torch.tensor([], dtype=inputs.dtype).element_size()
+
+    def meta(self, *shape: int) -> torch.Tensor:
+        return floors.meta(*shape, dtype=self.inp.dtype)
 
     def _case(self, section, shape, fn, make, out_shapes, params, cost_of, fn_for=None) -> list[Case]:
         """Forward and forward+backward cases of ``fn(*make(grad))`` with weights ``params``; ``fn_for``
@@ -105,8 +109,9 @@ class OpCases:
             out = (1, T, n, n, heads, d)
 
             cases += self._case("attention", shape, _fused_attention(_axial), lambda g, qkv=qkv: (self.inp.randn(*qkv, grad=g),),
-                                [out], [], lambda g, T=T: floors.axial_time_attention(1, T, T, n, n, heads, d, self.elt,
-                                                                                     backward=g),
+                                [out], [], lambda g, out=out: floors.cost("axial_time_attention", self.meta(*out),
+                                                                         self.meta(*out), self.meta(*out), None, 1.0,
+                                                                         backward=g),
                                 fn_for=_peer_attention)
         return cases
 
@@ -124,7 +129,8 @@ class OpCases:
 
             cases += self._case("precision", f"N{N} {s}x{s} C{C}", fn,
                                 lambda g, N=N: (self.inp.randn(N, s, s, C, grad=g),), [(N, s, s, C)], w,
-                                lambda g, N=N: floors.precision_operator(N, s, s, C, self.elt, backward=g))
+                                lambda g, N=N, w=w: floors.cost("precision_operator", self.meta(N, s, s, C), *w, groups,
+                                                                1e-5, backward=g))
         return cases
 
     def group_norm(self) -> list[Case]:
@@ -135,7 +141,8 @@ class OpCases:
             return K.group_norm_nhwc(x, w[0], w[1], LARGE.precision_groups)
 
         return self._case("group_norm", f"N{N} {s}x{s} C{C}", fn, lambda g: (self.inp.randn(N, s, s, C, grad=g),),
-                          [(N, s, s, C)], w, lambda g: floors.group_norm_nhwc(N, s, s, C, self.elt, backward=g))
+                          [(N, s, s, C)], w, lambda g: floors.cost("group_norm_nhwc", self.meta(N, s, s, C), *w,
+                                                                   LARGE.precision_groups, 1e-5, None, backward=g))
 
     def _exchange_params(self) -> K.ExchangeParams:
         ds, dt, dp = LARGE.d_s, LARGE.d_t, LARGE.d_p
@@ -158,7 +165,9 @@ class OpCases:
             cases += self._case("exchange", f"N{N} S{hs} T{ht} P{hp}", fn,
                                 lambda g, shapes=shapes: tuple(self.inp.randn(*sh, grad=g) for sh in shapes),
                                 shapes, list(params),
-                                lambda g, N=N: floors.pyramid_exchange(N, hs, ds, dt, dp, 2, 4, self.elt, backward=g))
+                                lambda g, shapes=shapes: floors.cost("pyramid_exchange",
+                                                                     *(self.meta(*sh) for sh in shapes), params,
+                                                                     backward=g))
         return cases
 
     def resample(self) -> list[Case]:
@@ -173,31 +182,34 @@ class OpCases:
             f = side[src] // side[dst] if down else side[dst] // side[src]
             w = self.inp.randn(*((cout, cin, f, f) if down else (cout, cin)))
             b = self.inp.randn(cout)
-            op, cost = (K.resample_down, floors.resample_down) if down else (K.resample_up, floors.resample_up)
+            name = "resample_down" if down else "resample_up"
+            op = getattr(K, name)
             out_h = h // f if down else h * f
 
             def fn(x, op=op, w=w, b=b, f=f):
                 return op(x, w, b, f)
 
-            cases += self._case(f"resample_{'down' if down else 'up'}", f"{src}->{dst} N{N} {h}x{h} x{f}", fn,
+            cases += self._case(name, f"{src}->{dst} N{N} {h}x{h} x{f}", fn,
                                 lambda g, h=h, cin=cin: (self.inp.randn(N, h, h, cin, grad=g),),
                                 [(N, out_h, out_h, cout)], [w, b],
-                                lambda g, h=h, cin=cin, cout=cout, f=f, cost=cost: cost(N, h, h, cin, cout, f, self.elt,
-                                                                                       backward=g))
+                                lambda g, name=name, h=h, cin=cin, w=w, b=b, f=f: floors.cost(
+                                    name, self.meta(N, h, h, cin), w, b, f, backward=g))
         return cases
 
     def sphere(self) -> list[Case]:
         side, D = self.sweep["sphere_side"], EMBED_DIM
         cases = []
         for B in self.sweep["sphere_batch"]:
-            shape, rows = f"B{B} {side}x{side} D{D}", B * side * side
+            shape = f"B{B} {side}x{side} D{D}"
             cases += self._case("vmf_normalize", shape, K.vmf_normalize,
                                 lambda g, B=B: (self.inp.randn(B, side, side, D, grad=g),), [(B, side, side, D)], [],
-                                lambda g, rows=rows: floors.vmf_normalize(rows, D, self.elt, backward=g))
+                                lambda g, B=B: floors.cost("vmf_normalize", self.meta(B, side, side, D), 1e-12,
+                                                           backward=g))
             cases += self._case("batch_uniformity_loss", shape, K.batch_uniformity_loss,
                                 lambda g, B=B: (torch.nn.functional.normalize(self.inp.randn(B, side, side, D), dim=-1)
                                                 .requires_grad_(g),), [()], [],
-                                lambda g, rows=rows: floors.batch_uniformity_loss(rows, D, self.elt, backward=g))
+                                lambda g, B=B: floors.cost("batch_uniformity_loss", self.meta(B, side, side, D),
+                                                           backward=g))
         return cases
 
 

@@ -13,8 +13,10 @@ from typing import Optional
 
 import torch
 
-from .. import _C, checks, dispatch
+from .. import _C, dispatch
+from ..autograd import kernel_op
 from ._launch import DTYPE_CODES, check, stream_handle
+from .capability import capability
 
 HEAD_DIMS = tuple(_C.attention_head_dims)  # csrc/common.h, kAttentionHeadDims
 # The longest T and Tq the GPU parity tests cover; the kernels loop over any length.
@@ -48,10 +50,8 @@ def _outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return o, lse
 
 
-@torch.library.custom_op("aef_kernels::cuda_axial_time_attention_fwd", mutates_args=(), device_types="cuda")
-def cuda_axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                  key_padding_mask: Optional[torch.Tensor], scale: float
-                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """o (B, Tq, H, W, heads, d) and the base-2 lse (B, Tq, H, W, heads), both contiguous."""
     o, lse = _outputs(q)
     if o.numel() == 0:
@@ -67,23 +67,19 @@ def cuda_axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return o, lse
 
 
-@cuda_axial_time_attention_fwd.register_fake
-def _(q, k, v, key_padding_mask, scale):
+def _fake_forward(q, k, v, key_padding_mask, scale):
     return _outputs(q)
 
 
-@torch.library.custom_op("aef_kernels::cuda_axial_time_attention_bwd", mutates_args=(), device_types="cuda")
-def cuda_axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                  o: torch.Tensor, lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
-                                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor], scale: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv (contiguous) from the output gradient and the forward's o and base-2 lse."""
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dq, dk, dv = _fake_backward(grad, q, k, v, o, lse, key_padding_mask, scale)
     if dq.numel() == 0:
         # No queries (Tq = 0) means no gradient for any key; no sequences means empty tensors.
         return dq, dk.zero_(), dv.zero_()
-    do = grad.contiguous()
+    do = grad
     if do.data_ptr() % (2 * do.element_size()):
         do = do.clone()  # the kernels read dO in two-element vectors
     delta = torch.empty_like(lse)
@@ -98,45 +94,19 @@ def cuda_axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.
     return dq, dk, dv
 
 
-@cuda_axial_time_attention_bwd.register_fake
-def _(grad, q, k, v, o, lse, key_padding_mask, scale):
+def _fake_backward(grad, q, k, v, o, lse, key_padding_mask, scale):
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, scale = inputs
-    o, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, o, lse, key_padding_mask)
-    ctx.scale = scale
+axial_time_attention_fwd, axial_time_attention_bwd = kernel_op(
+    "axial_time_attention", "cuda", _forward, _backward, outputs=("o", "lse"),
+    saved=("q", "k", "v", "o", "lse", "key_padding_mask", "scale"), grads=("q", "k", "v"),
+    fake_forward=_fake_forward, fake_backward=_fake_backward)
 
 
-def _backward(ctx, grad_o, grad_lse):
-    q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
-    dq, dk, dv = torch.ops.aef_kernels.cuda_axial_time_attention_bwd(grad_o, q, k, v, o, lse, key_padding_mask,
-                                                                      ctx.scale)
-    return dq, dk, dv, None, None
-
-
-cuda_axial_time_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _reasons(q, k, v, key_padding_mask, scale) -> list[str]:
-    reasons = []
-    if q.device.type != "cuda":
-        reasons.append(f"q, k, v are on {q.device.type}; the cuda backend needs CUDA tensors")
-    reasons.extend(checks.kernel_dtype_reasons(q, k, v))
-    B, Tq, H, W, heads, d = q.shape
-    T = k.shape[1]
-    if d not in HEAD_DIMS:
-        reasons.append(f"head dim {d} is not supported (supported: {', '.join(map(str, HEAD_DIMS))})")
-    if max(T, Tq) > MAX_FRAMES:
-        reasons.append(f"T = {T}, Tq = {Tq}: at most {MAX_FRAMES} frames are supported")
-    if B * H * W * heads > MAX_SEQUENCES:
-        reasons.append(f"{B * H * W * heads} sequences (B*H*W*heads) exceed {MAX_SEQUENCES}")
-    return reasons
-
-
-@dispatch.register("axial_time_attention", "cuda", reasons=_reasons)
+# The longest T and Tq the GPU parity tests cover (the kernels loop over any length); sequence
+# indices are 32-bit in the kernels (csrc/axial_attention.cuh).
+@dispatch.register("axial_time_attention", "cuda", capability(
+    one_of={"d": HEAD_DIMS}, at_most={"frames": MAX_FRAMES, "sequences": MAX_SEQUENCES}))
 def axial_time_attention(q, k, v, key_padding_mask, scale):
-    return torch.ops.aef_kernels.cuda_axial_time_attention_fwd(q, k, v, key_padding_mask, scale)[0]
+    return axial_time_attention_fwd(q, k, v, key_padding_mask, scale)[0]

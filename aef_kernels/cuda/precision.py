@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _C, checks, dispatch
+from .. import _C, dispatch
+from ..autograd import kernel_op
 from ._launch import DTYPE_CODES, check, stream_handle
+from .capability import capability
 
 
 def _workspace(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int]:
@@ -27,9 +29,8 @@ def _workspace(x: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, int]:
     return torch.empty((size,), dtype=torch.float32, device=x.device), size
 
 
-@torch.library.custom_op("aef_kernels::cuda_group_norm_nhwc", mutates_args=(), device_types="cuda")
-def cuda_group_norm_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
-                         gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
+             gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd) of x (N, H, W, C); weight and bias are float32 (C,), mean and rstd float32 (N, G)."""
     x = x.contiguous()  # the kernels read contiguous (N, H*W, C)
     N, H, W, C = x.shape
@@ -52,16 +53,13 @@ def cuda_group_norm_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return y, mean, rstd
 
 
-@cuda_group_norm_nhwc.register_fake
-def _(x, weight, bias, num_groups, eps, gelu):
+def _fake_forward(x, weight, bias, num_groups, eps, gelu):
     stats = x.new_empty((x.shape[0], num_groups), dtype=torch.float32)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("aef_kernels::cuda_group_norm_nhwc_backward", mutates_args=(), device_types="cuda")
-def cuda_group_norm_nhwc_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                                  mean: torch.Tensor, rstd: torch.Tensor,
-                                  gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+              rstd: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx in x's dtype, dweight, dbias float32 (C,)); GELU's input is recomputed from x."""
     x = x.contiguous()
     dy = dy.to(x.dtype).contiguous()
@@ -85,27 +83,15 @@ def cuda_group_norm_nhwc_backward(dy: torch.Tensor, x: torch.Tensor, weight: tor
     return dx, dweight, dbias
 
 
-@cuda_group_norm_nhwc_backward.register_fake
-def _(dy, x, weight, bias, mean, rstd, gelu):
+def _fake_backward(dy, x, weight, bias, mean, rstd, gelu):
     param = weight.new_empty((x.shape[-1],), dtype=torch.float32)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), param, torch.empty_like(param)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, _num_groups, _eps, gelu = inputs
-    _y, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.gelu = gelu
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
-
-
-def _backward(ctx, dy, _dmean, _drstd):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dweight, dbias = torch.ops.aef_kernels.cuda_group_norm_nhwc_backward(dy, x, weight, bias, mean, rstd, ctx.gelu)
-    return dx, dweight, dbias, None, None, None
-
-
-cuda_group_norm_nhwc.register_autograd(_backward, setup_context=_setup_context)
+group_norm_nhwc_fwd, group_norm_nhwc_bwd = kernel_op(
+    "group_norm_nhwc", "cuda", _forward, _backward, outputs=("y", "mean", "rstd"),
+    saved=("x", "weight", "bias", "mean", "rstd", "gelu"), grads=("x", "weight", "bias"),
+    fake_forward=_fake_forward, fake_backward=_fake_backward)
 
 
 def _affine(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,34 +106,17 @@ def _affine(x: torch.Tensor, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _group_norm(x, weight, bias, num_groups, eps, gelu):
     w, b = _affine(x, weight, bias)
-    return torch.ops.aef_kernels.cuda_group_norm_nhwc(x, w, b, num_groups, eps, gelu)[0]
+    return group_norm_nhwc_fwd(x, w, b, num_groups, eps, gelu)[0]
 
 
 # ---- dispatch --------------------------------------------------------------------------------------
 
-def _reasons(x: torch.Tensor, *params) -> list[str]:
-    reasons = []
-    off_gpu = sorted({t.device.type for t in (x, *params) if t is not None and t.device.type != "cuda"})
-    if off_gpu:
-        reasons.append(f"inputs are on {', '.join(off_gpu)}; the cuda backend needs CUDA tensors")
-    reasons.extend(checks.kernel_dtype_reasons(x))
-    return reasons
-
-
-def _group_norm_reasons(x, weight, bias, num_groups, eps, activation):
-    return _reasons(x, weight, bias)
-
-
-def _precision_reasons(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
-    return _reasons(x, gn_weight, gn_bias, w1, b1, w2, b2)
-
-
-@dispatch.register("group_norm_nhwc", "cuda", reasons=_group_norm_reasons)
+@dispatch.register("group_norm_nhwc", "cuda", capability())
 def group_norm_nhwc(x, weight, bias, num_groups, eps, activation):
     return _group_norm(x, weight, bias, num_groups, eps, activation == "gelu")
 
 
-@dispatch.register("precision_operator", "cuda", reasons=_precision_reasons)
+@dispatch.register("precision_operator", "cuda", capability())
 def precision_operator(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
     dt = x.dtype
     # (N, C, H, W) views of channels-last memory: cuDNN runs channels_last and keeps that layout.

@@ -13,8 +13,10 @@ import math
 
 import torch
 
-from .. import _C, checks, dispatch
+from .. import _C, dispatch
+from ..autograd import kernel_op
 from ._launch import DTYPE_CODES, check, stream_handle
+from .capability import capability
 
 # Blocks (hence partial sums) of the uniformity forward at most: a few per SM of an H100 (132 SMs),
 # so the one-block final sum stays short.
@@ -34,13 +36,16 @@ def _batch_rows(u: torch.Tensor) -> torch.Tensor:
     return u3 if u3.stride(-1) == 1 or D == 1 else u3.contiguous()
 
 
+def _like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 # ---- vmf_normalize ---------------------------------------------------------------------------------
 
-@torch.library.custom_op("aef_kernels::cuda_vmf_normalize", mutates_args=(), device_types="cuda")
-def cuda_vmf_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+def _vmf_forward(x: torch.Tensor, eps: float) -> torch.Tensor:
     D = x.shape[-1]
     rows = _rows(x, D)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = _like(x)
     if rows.shape[0] == 0:
         return y
     with torch.cuda.device(x.device):
@@ -52,16 +57,10 @@ def cuda_vmf_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return y
 
 
-@cuda_vmf_normalize.register_fake
-def _(x, eps):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.custom_op("aef_kernels::cuda_vmf_normalize_backward", mutates_args=(), device_types="cuda")
-def cuda_vmf_normalize_backward(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+def _vmf_backward(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     D = x.shape[-1]
     xs, gs = _rows(x, D), _rows(grad.to(x.dtype), D)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = _like(x)
     if xs.shape[0] == 0:
         return dx
     with torch.cuda.device(x.device):
@@ -73,29 +72,14 @@ def cuda_vmf_normalize_backward(grad: torch.Tensor, x: torch.Tensor, eps: float)
     return dx
 
 
-@cuda_vmf_normalize_backward.register_fake
-def _(grad, x, eps):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-def _vmf_setup_context(ctx, inputs, output):
-    x, eps = inputs
-    ctx.save_for_backward(x)
-    ctx.eps = eps
-
-
-def _vmf_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.aef_kernels.cuda_vmf_normalize_backward(grad, x, ctx.eps), None
-
-
-cuda_vmf_normalize.register_autograd(_vmf_backward, setup_context=_vmf_setup_context)
+vmf_normalize_fwd, vmf_normalize_bwd = kernel_op(
+    "vmf_normalize", "cuda", _vmf_forward, _vmf_backward, outputs=("y",), saved=("x", "eps"), grads=("x",),
+    fake_forward=lambda x, eps: _like(x), fake_backward=lambda grad, x, eps: _like(x))
 
 
 # ---- batch_uniformity_loss -------------------------------------------------------------------------
 
-@torch.library.custom_op("aef_kernels::cuda_batch_uniformity_loss", mutates_args=(), device_types="cuda")
-def cuda_batch_uniformity_loss(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _uniformity_forward(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss in u's dtype, float32 dots (B, M) of u viewed as (B, M, D)), M the positions per sample."""
     u3 = _batch_rows(u)
     B, M, D = u3.shape
@@ -114,14 +98,12 @@ def cuda_batch_uniformity_loss(u: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return loss, dots
 
 
-@cuda_batch_uniformity_loss.register_fake
-def _(u):
+def _uniformity_fake_forward(u):
     M = math.prod(u.shape[1:-1])
     return u.new_empty((), dtype=u.dtype), u.new_empty((u.shape[0], M), dtype=torch.float32)
 
 
-@torch.library.custom_op("aef_kernels::cuda_batch_uniformity_loss_backward", mutates_args=(), device_types="cuda")
-def cuda_batch_uniformity_loss_backward(grad: torch.Tensor, u: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
+def _uniformity_backward(grad: torch.Tensor, u: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
     u3 = _batch_rows(u)
     B, M, D = u3.shape
     du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
@@ -138,51 +120,26 @@ def cuda_batch_uniformity_loss_backward(grad: torch.Tensor, u: torch.Tensor, dot
     return du
 
 
-@cuda_batch_uniformity_loss_backward.register_fake
-def _(grad, u, dots):
-    return torch.empty(u.shape, dtype=u.dtype, device=u.device)
-
-
-def _uniformity_setup_context(ctx, inputs, output):
-    (u,) = inputs
-    _, dots = output
-    ctx.mark_non_differentiable(dots)
-    ctx.save_for_backward(u, dots)
-
-
-def _uniformity_backward(ctx, grad_loss, grad_dots):
-    u, dots = ctx.saved_tensors
-    return torch.ops.aef_kernels.cuda_batch_uniformity_loss_backward(grad_loss, u, dots)
-
-
-cuda_batch_uniformity_loss.register_autograd(_uniformity_backward, setup_context=_uniformity_setup_context)
+batch_uniformity_loss_fwd, batch_uniformity_loss_bwd = kernel_op(
+    "batch_uniformity_loss", "cuda", _uniformity_forward, _uniformity_backward, outputs=("loss", "dots"),
+    saved=("u", "dots"), grads=("u",), fake_forward=_uniformity_fake_forward,
+    fake_backward=lambda grad, u, dots: _like(u))
 
 
 # ---- dispatch --------------------------------------------------------------------------------------
 
-def _reasons(name: str, t: torch.Tensor) -> list[str]:
-    reasons = []
-    if t.device.type != "cuda":
-        reasons.append(f"{name} is on {t.device.type}; the cuda backend needs a CUDA tensor")
-    reasons.extend(checks.kernel_dtype_reasons(t))
+def _contiguous_rows(name: str, t: torch.Tensor) -> list[str]:
+    # The GPU parity tests cover rows with a unit stride only.
     if t.shape[-1] > 1 and t.stride(-1) != 1:
-        reasons.append(f"{name}: the last dimension must be contiguous (stride 1), got strides {tuple(t.stride())}")
-    return reasons
+        return [f"{name}: the last dimension must be contiguous (stride 1), got strides {tuple(t.stride())}"]
+    return []
 
 
-def _vmf_reasons(x, eps):
-    return _reasons("x", x)
-
-
-def _uniformity_reasons(u):
-    return _reasons("u", u)
-
-
-@dispatch.register("vmf_normalize", "cuda", reasons=_vmf_reasons)
+@dispatch.register("vmf_normalize", "cuda", capability(check=lambda x, eps: _contiguous_rows("x", x)))
 def vmf_normalize(x, eps):
-    return torch.ops.aef_kernels.cuda_vmf_normalize(x, eps)
+    return vmf_normalize_fwd(x, eps)
 
 
-@dispatch.register("batch_uniformity_loss", "cuda", reasons=_uniformity_reasons)
+@dispatch.register("batch_uniformity_loss", "cuda", capability(check=lambda u: _contiguous_rows("u", u)))
 def batch_uniformity_loss(u):
-    return torch.ops.aef_kernels.cuda_batch_uniformity_loss(u)[0]
+    return batch_uniformity_loss_fwd(u)[0]

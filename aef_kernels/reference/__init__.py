@@ -1,20 +1,15 @@
 """The pure-PyTorch reference of every op: the single source of truth for tests, fallbacks and
 benchmarks. Plain PyTorch, no custom-op wrapper, so Dynamo traces through it and Inductor fuses it.
 
-Functions take the validated argument tuple of the public API (see ``aef_kernels.functional``)."""
+Functions take the validated arguments of the public API by name (the fields of each op's inputs
+record, ``aef_kernels.ops``), one module per op family; every spec names its reference, and
+``aef_kernels.reference.<op>`` is that function.
+"""
 
-from .attention import axial_time_attention
-from .precision import group_norm_nhwc, precision_operator
-from .resample import pyramid_exchange, resample_down, resample_up
-from .sphere import batch_uniformity_loss, vmf_normalize
 
-__all__ = [
-    "axial_time_attention",
-    "precision_operator",
-    "group_norm_nhwc",
-    "resample_down",
-    "resample_up",
-    "pyramid_exchange",
-    "vmf_normalize",
-    "batch_uniformity_loss",
-]
+def __getattr__(name: str):
+    from ..ops import BY_NAME
+
+    if name in BY_NAME:
+        return BY_NAME[name].reference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import dispatch
 
 # Fused SDPA kernels put batch x heads on a CUDA grid axis that stops at 65,535; calls are split so
 # that no single call sees more sequences than this.
@@ -27,7 +26,6 @@ def _sequence_mask(mask: torch.Tensor, H: int, W: int, nh: int) -> torch.Tensor:
     return m.reshape(B, H * W * nh, 1, T)
 
 
-@dispatch.register("axial_time_attention", "reference")
 def axial_time_attention(q, k, v, key_padding_mask, scale):
     B, Tq, H, W, nh, d = q.shape
     qs, ks, vs = _to_sequences(q), _to_sequences(k), _to_sequences(v)  # (B, S, T, d)

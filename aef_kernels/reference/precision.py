@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import dispatch
-
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
     """(N, H, W, C) -> (N, C, H, W) view in channels_last memory format; no copy."""
@@ -30,12 +28,10 @@ def _group_norm_nchw(x, weight, bias, num_groups, eps, activation):
     return y.to(x.dtype)
 
 
-@dispatch.register("group_norm_nhwc", "reference")
 def group_norm_nhwc(x, weight, bias, num_groups, eps, activation):
     return _nhwc(_group_norm_nchw(_nchw(x), weight, bias, num_groups, eps, activation))
 
 
-@dispatch.register("precision_operator", "reference")
 def precision_operator(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
     dt = x.dtype
     xc = _nchw(x)  # (N, C, H, W), channels_last

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-
-from .. import dispatch
 
 
 def _cast(t, dtype):
     return None if t is None else t.to(dtype)
 
 
-@dispatch.register("resample_down", "reference")
 def resample_down(x, weight, bias, factor):
     N, H, W, C = x.shape
     f = factor
@@ -23,7 +19,6 @@ def resample_down(x, weight, bias, factor):
     return F.linear(xs, wm.to(x.dtype), _cast(bias, x.dtype))  # (N, H/f, W/f, Cout)
 
 
-@dispatch.register("resample_up", "reference")
 def resample_up(x, weight, bias, factor):
     # The 1x1 map commutes with bilinear interpolation (its weights sum to 1), so it runs first, at
     # the low resolution.
@@ -32,7 +27,6 @@ def resample_up(x, weight, bias, factor):
     return y.permute(0, 2, 3, 1).contiguous()  # (N, H*f, W*f, Cout)
 
 
-@dispatch.register("pyramid_exchange", "reference")
 def pyramid_exchange(xs, xt, xp, params):
     ts = xt.shape[1] // xs.shape[1]
     pt = xp.shape[1] // xt.shape[1]

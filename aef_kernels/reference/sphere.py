@@ -5,15 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import dispatch
 
-
-@dispatch.register("vmf_normalize", "reference")
 def vmf_normalize(x, eps):
     return F.normalize(x, dim=-1, eps=eps)
 
 
-@dispatch.register("batch_uniformity_loss", "reference")
 def batch_uniformity_loss(u):
     uf = u.to(torch.promote_types(u.dtype, torch.float32))
     # Pair sample b with sample b-1 (mod B) at the same position: roll the batch axis, never pixels.

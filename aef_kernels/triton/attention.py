@@ -43,12 +43,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from .. import dispatch
-from ..checks import kernel_dtype_reasons
+from ..autograd import kernel_op
 from .aot import AOTCall
-from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
+from .common import TL_DTYPES, capability, launch, shared_memory_reasons
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Rows and columns of the forward's score tile, which is also the longest T (and Tq) of its
@@ -403,10 +402,8 @@ def _layout_args(q, k, v, mask_strides):
     return (S, Tq, T, H * W * NH, NH, W, *strides, *mask_strides)
 
 
-@triton_op("aef_kernels::axial_time_attention_fwd", mutates_args=())
-def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             key_padding_mask: Optional[torch.Tensor], scale: float
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns o (B, Tq, H, W, heads, d) and the float32 log-sum-exp (B, Tq, H, W, heads)."""
     B, Tq, H, W, NH, d = q.shape
     T = k.shape[1]
@@ -425,10 +422,9 @@ def axial_time_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return o, lse
 
 
-@triton_op("aef_kernels::axial_time_attention_bwd", mutates_args=())
-def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             o: torch.Tensor, lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
-                             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, key_padding_mask: Optional[torch.Tensor], scale: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, Tq, H, W, NH, d = q.shape
     T = k.shape[1]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -437,7 +433,7 @@ def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     S = B * H * W * NH
     if S == 0 or Tq == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    do = grad.contiguous()
+    do = grad
     n_rows = S * Tq
     delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
     launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, **_delta_config(d))
@@ -451,44 +447,26 @@ def axial_time_attention_bwd(grad: torch.Tensor, q: torch.Tensor, k: torch.Tenso
     return dq, dk, dv
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, scale = inputs
-    o, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, o, lse, key_padding_mask)
-    ctx.scale = scale
+axial_time_attention_fwd, axial_time_attention_bwd = kernel_op(
+    "axial_time_attention", "triton", _forward, _backward, outputs=("o", "lse"),
+    saved=("q", "k", "v", "o", "lse", "key_padding_mask", "scale"), grads=("q", "k", "v"))
 
 
-def _backward(ctx, grad_o, grad_lse):
-    q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
-    dq, dk, dv = axial_time_attention_bwd(grad_o, q, k, v, o, lse, key_padding_mask, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-axial_time_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _reasons(q, k, v, key_padding_mask, scale) -> list[str]:
-    reasons = device_reasons(q, k, v, key_padding_mask) + kernel_dtype_reasons(q, k, v)
+def _launch_reasons(q, k, v, key_padding_mask, scale) -> list[str]:
+    """The grid and shared-memory limits of the configurations these inputs launch."""
     B, Tq, H, W, NH, d = q.shape
-    if B * H * W * NH > MAX_SEQUENCES:
-        reasons.append(f"{B * H * W * NH} sequences (B*H*W*heads) exceed the int32 sequence index "
-                       f"of the kernels (at most {MAX_SEQUENCES})")
-    if q.dtype in TL_DTYPES and d in HEAD_DIMS:
-        for backward in (False, True):
-            cfg = _config(Tq, k.shape[1], _attn_config(TL_DTYPES[q.dtype], d, backward)["BLOCK_M"])
-            groups = triton.cdiv(B * H * W * NH, cfg.seqs)
-            programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
-            if programs > MAX_PROGRAMS:
-                reasons.append(f"{B * H * W * NH} sequences need {programs} programs (grid limit {MAX_PROGRAMS})")
-                break
-        reasons += shared_memory_reasons("axial_time_attention", SHARED_BYTES, q)
-    if d not in HEAD_DIMS:
-        reasons.append(f"head dim {d} is not supported (supported: {', '.join(map(str, HEAD_DIMS))})")
-    return reasons
+    for backward in (False, True):
+        cfg = _config(Tq, k.shape[1], _attn_config(TL_DTYPES[q.dtype], d, backward)["BLOCK_M"])
+        groups = triton.cdiv(B * H * W * NH, cfg.seqs)
+        programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
+        if programs > MAX_PROGRAMS:
+            return [f"{B * H * W * NH} sequences need {programs} programs (grid limit {MAX_PROGRAMS})"]
+    return shared_memory_reasons("axial_time_attention", SHARED_BYTES, q)
 
 
-@dispatch.register("axial_time_attention", "triton", reasons=_reasons)
+# Sequence indices are int32 in the kernels.
+@dispatch.register("axial_time_attention", "triton", capability(
+    one_of={"d": HEAD_DIMS}, at_most={"sequences": MAX_SEQUENCES}, check=_launch_reasons))
 def axial_time_attention(q, k, v, key_padding_mask, scale):
     return axial_time_attention_fwd(q, k, v, key_padding_mask, scale)[0]
 

@@ -1,4 +1,4 @@
-"""What every Triton op shares: where its kernels can run, the Triton name of each dtype, the launch
+"""What every Triton op shares: what its kernels can run (its capability), the Triton name of each dtype, the launch
 through ``wrap_triton`` (with the launch configuration always explicit), the recording of launches
 that the ahead-of-time compilation derives its specs from, and the device's shared-memory limit."""
 
@@ -13,6 +13,9 @@ from typing import Any, Iterator, Optional
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
+
+from ..checks import KERNEL_DTYPES
+from ..spec import Capability
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -67,16 +70,13 @@ def launch(kernel, grid, *args, num_warps: int, num_stages: int, **kwargs) -> No
     wrap_triton(kernel)[grid](*args, **kwargs)
 
 
-def device_reasons(*tensors: torch.Tensor) -> list[str]:
-    """Reasons the Triton kernels cannot run on the devices of ``tensors``."""
-    for t in tensors:
-        if t is None:
-            continue
-        if t.device.type == "cpu" and not INTERPRET:
-            return ["CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1 before import)"]
-        if t.device.type not in ("cuda", "cpu"):
-            return [f"device {t.device.type} is not supported (CUDA, or CPU under the interpreter)"]
-    return []
+def capability(check=None, **limits) -> Capability:
+    """What a Triton implementation runs: CUDA tensors (and CPU tensors under the interpreter) of the
+    kernel dtypes, within ``limits`` (``one_of=``/``at_most=`` of the op's named sizes) and the
+    op-specific ``check``."""
+    return Capability(devices=("cuda", "cpu") if INTERPRET else ("cuda",), dtypes=KERNEL_DTYPES, check=check,
+                      device_note="CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before import",
+                      **limits)
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,9 +11,7 @@ Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
   affine while loading, zero padding applied after it) and epilogues (bias, GELU, GELU-backward,
   residual). It serves conv1 and conv2 forward and both data gradients (a 3x3 conv with the
   kernel flipped and in/out channels swapped).
-- ``_conv3x3_wgrad_kernel``: weight (and bias) gradient as a GEMM reduced over pixels; every
-  program owns a contiguous pixel range and writes float32 partial sums that are summed afterwards
-  in a fixed order, so there are no float atomics and results are bitwise reproducible.
+- weight (and bias) gradients: the split-K kernel of ``gemm.py`` that the resamplings share.
 - ``_gn_bwd_kernel``: one program per (frame, group): reduces sum(g) and sum(g*xhat) over the group,
   then writes dx (plus an optional residual gradient); per-frame partial dgamma/dbeta.
 
@@ -30,11 +28,13 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from .. import checks, dispatch
+from .. import dispatch
+from ..autograd import kernel_op
 from .aot import AOTCall
-from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
+from .common import TL_DTYPES, capability, launch, shared_memory_reasons
+from . import gemm
+from .gemm import _load_input_tile, dot_precision, tile_size, weight_grad
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -108,38 +108,6 @@ def _gn_stats_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, y_ptr, HW, 
 
 
 @triton.jit
-def _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, src, n_idx, ok, cc, c_ok, CIN, G, CG,
-                     NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, dot_ty: tl.constexpr):
-    """[len(src), len(cc)] input tile at pixels ``src`` (rows) and channels ``cc`` (columns).
-
-    With NORM_IN the GroupNorm affine is applied on the fly; out-of-bounds taps are zero *after*
-    normalisation, as the reference pads the normalised tensor. ONE_FRAME (H*W a multiple of the
-    row block, so all rows, and all their in-bounds taps, lie in frame n_idx[0]) turns the per-element
-    statistics gathers into one scale and shift per channel: one FMA per element and far fewer
-    registers.
-    """
-    mask = ok[:, None] & c_ok[None, :]
-    a = tl.load(a_ptr + src[:, None] * CIN + cc[None, :], mask=mask, other=0.0)
-    if NORM_IN:
-        gam = tl.load(gamma_ptr + cc, mask=c_ok, other=0.0)
-        bet = tl.load(beta_ptr + cc, mask=c_ok, other=0.0)
-        if ONE_FRAME:
-            sidx = tl.min(n_idx, axis=0) * G + cc // CG
-            # A row block past the last frame (the tail of a weight-gradient chunk) reads no statistics.
-            s_ok = c_ok & ((cc * 0 + tl.max(ok.to(tl.int32), axis=0)) > 0)
-            scale = tl.load(rstd_ptr + sidx, mask=s_ok, other=0.0) * gam
-            shift = bet - tl.load(mean_ptr + sidx, mask=s_ok, other=0.0) * scale
-            a = a.to(tl.float32) * scale[None, :] + shift[None, :]
-        else:
-            sidx = n_idx[:, None] * G + (cc // CG)[None, :]
-            mu = tl.load(mean_ptr + sidx, mask=mask, other=0.0)
-            rs = tl.load(rstd_ptr + sidx, mask=mask, other=0.0)
-            a = (a.to(tl.float32) - mu) * rs * gam[None, :] + bet[None, :]
-        a = tl.where(mask, a, 0.0)
-    return a.to(dot_ty)
-
-
-@triton.jit
 def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, z_ptr, res_ptr,
                     out_ptr, pre_ptr, M, H, W, CIN, COUT, G, CG,
                     NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
@@ -196,50 +164,6 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
 
 
 @triton.jit
-def _conv3x3_wgrad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dw_ptr, db_ptr,
-                          M, H, W, CIN, COUT, G, CG, CHUNK,
-                          NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
-                          BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
-    pid_s = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    CIT = tl.cdiv(CIN, BLOCK_CI)
-    tap = pid_k // CIT
-    cc = (pid_k - tap * CIT) * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    c_ok = cc < CIN
-    dy = tap // 3 - 1
-    dx = tap % 3 - 1
-    offs_co = pid_n * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_ok = offs_co < COUT
-    dot_ty = dy_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
-    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    loc = tl.arange(0, BLOCK_M)
-    for i in range(0, CHUNK, BLOCK_M):
-        m0 = pid_s * CHUNK + i
-        offs_m = m0 + loc
-        m_ok = offs_m < M
-        w_idx = offs_m % W
-        t = offs_m // W
-        h_idx = t % H
-        n_idx = t // H
-        hh = h_idx + dy
-        ww = w_idx + dx
-        ok = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        a = _load_input_tile(a_ptr + m0.to(tl.int64) * CIN, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr,
-                             loc + dy * W + dx, n_idx, ok, cc, c_ok, CIN, G, CG, NORM_IN, ONE_FRAME, dot_ty)
-        g = tl.load(dy_ptr + m0.to(tl.int64) * COUT + loc[:, None] * COUT + offs_co[None, :],
-                    mask=m_ok[:, None] & co_ok[None, :], other=0.0)
-        acc = tl.dot(tl.trans(a), g, acc, input_precision=DOT_PREC)
-        db += tl.sum(g.to(tl.float32), axis=0)
-    part = pid_s.to(tl.int64) * 9 * CIN * COUT
-    tl.store(dw_ptr + part + (tap * CIN + cc)[:, None] * COUT + offs_co[None, :], acc,
-             mask=c_ok[:, None] & co_ok[None, :])
-    # Every tap/channel tile sees the same dy rows; only the first writes the bias partial.
-    tl.store(db_ptr + pid_s.to(tl.int64) * COUT + offs_co, db, mask=co_ok & ((offs_co * 0 + pid_k) == 0))
-
-
-@triton.jit
 def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dres_ptr, dx_ptr, dgamma_ptr,
                    dbeta_ptr, HW, C, CG, G,
                    GELU: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CG: tl.constexpr):
@@ -293,28 +217,13 @@ def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dres_
 # ------------------------------------------------------------------------------------------------
 # Configuration: every choice below is enumerated by aot_specs().
 
-def _tile(c: int, lo: int, hi: int) -> int:
-    """Largest power of two in [lo, hi] dividing c; else the smallest power of two >= c, clamped."""
-    t = hi
-    while t > lo and c % t:
-        t //= 2
-    if c % t == 0:
-        return t
-    return max(lo, min(hi, triton.next_power_of_2(c)))
-
-
-def _dot_prec(dtype: torch.dtype) -> str:
-    # float32 parity with the reference needs full-precision products; 16-bit inputs ignore this.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 # 64-row tiles and 8 warps: with 128 rows (or 4 warps) the gathered [BLOCK_M, BLOCK_K] input tile,
 # its addresses and conv1's normalisation push the conv kernels past 255 registers into spills
 # (AOT reports for sm_80/sm_90); at 64 rows they need ~190 and do not spill.
 
 def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64, BLOCK_N=_tile(cout, 16, 128), BLOCK_K=_tile(cin, 16, 64 if wide else 32),
+    return dict(BLOCK_M=64, BLOCK_N=tile_size(cout, 16, 128), BLOCK_K=tile_size(cin, 16, 64 if wide else 32),
                 num_warps=8, num_stages=3 if wide else 2)
 
 
@@ -324,18 +233,13 @@ def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     # spill 8 B on sm_80 at C = 128 (both operands >= 128 channels). Faithful AOT,
     # benchmarks/notes/triton_aot.md.
     stages = 3 if wide or min(cin, cout) < 128 else 2
-    return dict(BLOCK_M=64 if wide else 16, BLOCK_CI=_tile(cin, 16, 64), BLOCK_CO=_tile(cout, 16, 128),
+    return dict(BLOCK_M=64 if wide else 16, BLOCK_CI=tile_size(cin, 16, 64), BLOCK_CO=tile_size(cout, 16, 128),
                 num_warps=8, num_stages=stages)
 
 
 def _gn_config(cg: int) -> dict:
     bcg = triton.next_power_of_2(cg)
     return dict(BLOCK_P=max(16, 2048 // bcg), BLOCK_CG=bcg, num_warps=4, num_stages=3)
-
-
-# Target number of programs for the split-K weight gradient: enough to fill an H100's 132 SMs a few
-# times over, few enough that the float32 partials stay small.
-_WGRAD_PROGRAMS = 1024
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,35 +272,15 @@ def _conv3x3(a, wmat, cout, out_dtype, *, bias=None, norm=None, epilogue=EPI_NON
         M, H, W, cin, cout, G, cin // G,
         NORM_IN=norm is not None, ONE_FRAME=norm is not None and (H * W) % cfg["BLOCK_M"] == 0,
         HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_PRE=pre is not None,
-        HAS_RES=res is not None, DOT_PREC=_dot_prec(wmat.dtype), **cfg)
+        HAS_RES=res is not None, DOT_PREC=dot_precision(wmat.dtype), **cfg)
     return out
-
-
-def _wgrad_split(M: int, block_m: int, tiles: int) -> tuple[int, int]:
-    blocks = triton.cdiv(M, block_m)
-    split = max(1, min(blocks, _WGRAD_PROGRAMS // max(1, tiles)))
-    chunk = triton.cdiv(blocks, split) * block_m
-    return triton.cdiv(M, chunk), chunk
 
 
 def _conv3x3_wgrad(a, dy, *, norm=None):
     """(dW (Cout, Cin, 3, 3) float32, db (Cout,) float32) of a 3x3 conv with input ``a``, output grad ``dy``."""
-    N, H, W, cin = a.shape
-    cout = dy.shape[-1]
-    M = N * H * W
-    cfg = _wgrad_config(cin, cout, dy.dtype)
-    tiles = 9 * triton.cdiv(cin, cfg["BLOCK_CI"]) * triton.cdiv(cout, cfg["BLOCK_CO"])
-    split, chunk = _wgrad_split(M, cfg["BLOCK_M"], tiles)
-    dw = torch.empty((split, 9 * cin, cout), device=a.device, dtype=torch.float32)
-    db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
-    mean, rstd, gamma, beta, G = norm if norm is not None else (a, a, a, a, 1)
-    grid = (split, 9 * triton.cdiv(cin, cfg["BLOCK_CI"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
-    launch(_conv3x3_wgrad_kernel, grid,
-        a, dy, mean, rstd, gamma, beta, dw, db, M, H, W, cin, cout, G, cin // G, chunk,
-        NORM_IN=norm is not None, ONE_FRAME=norm is not None and (H * W) % cfg["BLOCK_M"] == 0,
-        DOT_PREC=_dot_prec(dy.dtype), **cfg)
-    dw = dw.sum(0).view(3, 3, cin, cout).permute(3, 2, 0, 1)
-    return dw, db.sum(0)
+    cin, cout = a.shape[-1], dy.shape[-1]
+    dw, db = weight_grad(a, dy, 3, conv3x3=True, cfg=_wgrad_config(cin, cout, dy.dtype), norm=norm)
+    return dw.view(3, 3, cin, cout).permute(3, 2, 0, 1), db
 
 
 def _gn_stats(x, G, eps, gamma=None, beta=None, y=None, gelu=False):
@@ -431,10 +315,9 @@ def _gn_bwd(dn, x, mean, rstd, gamma, beta, dres=None, gelu=False):
 _EMPTY = (0,)
 
 
-@triton_op("aef_kernels::precision_operator_fwd", mutates_args=())
-def _precision_fwd(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, w1: torch.Tensor,
-                   b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, num_groups: int, eps: float,
-                   save_pre: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _precision_forward(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor, w1: torch.Tensor,
+                       b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, num_groups: int, eps: float,
+                       save_pre: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, h = GELU(z1), z1 if save_pre else empty, mean, rstd)."""
     N, H, W, C = x.shape
     mean, rstd = _gn_stats(x, num_groups, eps)
@@ -446,12 +329,14 @@ def _precision_fwd(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tens
     return y, h, pre, mean, rstd
 
 
-@triton_op("aef_kernels::precision_operator_bwd", mutates_args=())
-def _precision_bwd(dy: torch.Tensor, x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor,
-                   w1: torch.Tensor, w2: torch.Tensor, h: torch.Tensor, z1: torch.Tensor, mean: torch.Tensor,
-                   rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+def _precision_backward(dy: torch.Tensor, x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.Tensor,
+                        w1: torch.Tensor, w2: torch.Tensor, h: torch.Tensor, z1: torch.Tensor, mean: torch.Tensor,
+                        rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                 torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dgn_weight, dgn_bias, dw1, db1, dw2, db2); parameter grads in float32."""
+    """(dx, dgn_weight, dgn_bias in float32, dw1, db1, dw2, db2 in the convolutions' dtype)."""
+    if z1.numel() == 0:
+        raise RuntimeError("precision_operator: the forward ran without saving activations (save_pre=False); "
+                           "call it with gradients enabled to differentiate it")
     C = x.shape[-1]
     G = mean.shape[1]
     dw2, db2 = _conv3x3_wgrad(h, dy)
@@ -462,60 +347,34 @@ def _precision_bwd(dy: torch.Tensor, x: torch.Tensor, gn_weight: torch.Tensor, g
     # float32 like the reference's.
     dn = _conv3x3(dz1, _pack_dgrad(w1), C, torch.float32)
     dx, dgw, dgb = _gn_bwd(dn, x, mean, rstd, gn_weight, gn_bias, dres=dy)
-    return dx, dgw, dgb, dw1, db1, dw2, db2
+    return dx, dgw, dgb, dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype)
 
 
-def _precision_setup(ctx, inputs, output):
-    x, gn_weight, gn_bias, w1, _b1, w2, _b2, _g, _eps, _save = inputs
-    _y, h, z1, mean, rstd = output
-    ctx.save_for_backward(x, gn_weight, gn_bias, w1, w2, h, z1, mean, rstd)
+precision_operator_fwd, precision_operator_bwd = kernel_op(
+    "precision_operator", "triton", _precision_forward, _precision_backward,
+    outputs=("y", "h", "z1", "mean", "rstd"),
+    saved=("x", "gn_weight", "gn_bias", "w1", "w2", "h", "z1", "mean", "rstd"),
+    grads=("x", "gn_weight", "gn_bias", "w1", "b1", "w2", "b2"))
 
 
-def _precision_backward(ctx, dy, *_aux_grads):
-    x, gn_weight, gn_bias, w1, w2, h, z1, mean, rstd = ctx.saved_tensors
-    if z1.numel() == 0:
-        raise RuntimeError("precision_operator: the forward ran without saving activations (save_pre=False); "
-                           "call it with gradients enabled to differentiate it")
-    dx, dgw, dgb, dw1, db1, dw2, db2 = _precision_bwd(dy.contiguous(), x, gn_weight, gn_bias, w1, w2, h, z1,
-                                                      mean, rstd)
-    return (dx, dgw, dgb, dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype),
-            None, None, None)
-
-
-_precision_fwd.register_autograd(_precision_backward, setup_context=_precision_setup)
-
-
-@triton_op("aef_kernels::group_norm_nhwc_fwd", mutates_args=())
-def _group_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
-                    gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _group_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
+                        gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd); weight and bias are float32 (C,)."""
     y = torch.empty_like(x)
     mean, rstd = _gn_stats(x, num_groups, eps, weight, bias, y, gelu)
     return y, mean, rstd
 
 
-@triton_op("aef_kernels::group_norm_nhwc_bwd", mutates_args=())
-def _group_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                    mean: torch.Tensor, rstd: torch.Tensor, gelu: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _group_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                         mean: torch.Tensor, rstd: torch.Tensor, gelu: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias); the GELU pre-activation is recomputed from x (one FMA per element)."""
     return _gn_bwd(dy, x, mean, rstd, weight, bias, gelu=gelu)
 
 
-def _group_norm_setup(ctx, inputs, output):
-    x, weight, bias, _g, _eps, gelu = inputs
-    _y, mean, rstd = output
-    ctx.gelu = gelu
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
-
-
-def _group_norm_backward(ctx, dy, *_aux_grads):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _group_norm_bwd(dy.contiguous(), x, weight, bias, mean, rstd, ctx.gelu)
-    return dx, dw, db, None, None, None
-
-
-_group_norm_fwd.register_autograd(_group_norm_backward, setup_context=_group_norm_setup)
+group_norm_nhwc_fwd, group_norm_nhwc_bwd = kernel_op(
+    "group_norm_nhwc", "triton", _group_norm_forward, _group_norm_backward, outputs=("y", "mean", "rstd"),
+    saved=("x", "weight", "bias", "mean", "rstd", "gelu"), grads=("x", "weight", "bias"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -526,41 +385,30 @@ _group_norm_fwd.register_autograd(_group_norm_backward, setup_context=_group_nor
 SHARED_BYTES = {80: 60 * 1024, 90: 76 * 1024}
 
 
-def _reasons(x, *params):
-    return (device_reasons(x, *params) + checks.kernel_dtype_reasons(x)
-            + shared_memory_reasons("precision_operator / group_norm_nhwc", SHARED_BYTES, x))
+def _shared_memory(**inputs) -> list[str]:
+    needed = {cc: max(SHARED_BYTES[cc], gemm.SHARED_BYTES[cc]) for cc in SHARED_BYTES}
+    return shared_memory_reasons("precision_operator / group_norm_nhwc", needed, inputs["x"])
 
 
-def _precision_reasons(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
-    reasons = _reasons(x, gn_weight, gn_bias, w1, b1, w2, b2)
-    pixels = x.shape[0] * x.shape[1] * x.shape[2]
-    if pixels >= 2**31:
-        reasons.append(f"N*H*W = {pixels} pixels: the conv kernels index pixels in int32 (< 2^31)")
-    return reasons
-
-
-@dispatch.register("precision_operator", "triton", reasons=_precision_reasons)
+# The conv kernels index pixels in int32.
+@dispatch.register("precision_operator", "triton", capability(at_most={"pixels": 2**31 - 1}, check=_shared_memory))
 def precision_operator(x, gn_weight, gn_bias, w1, b1, w2, b2, num_groups, eps):
     dt = x.dtype
     params = (gn_weight, gn_bias, w1, b1, w2, b2)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
     f32 = torch.float32
-    y, *_ = _precision_fwd(x.contiguous(), gn_weight.to(f32), gn_bias.to(f32), w1.to(dt), b1.to(dt),
-                           w2.to(dt), b2.to(dt), num_groups, eps, save)
+    y, *_ = precision_operator_fwd(x.contiguous(), gn_weight.to(f32), gn_bias.to(f32), w1.to(dt), b1.to(dt),
+                                   w2.to(dt), b2.to(dt), num_groups, eps, save)
     return y
 
 
-def _group_norm_reasons(x, weight, bias, num_groups, eps, activation):
-    return _reasons(x, weight, bias)
-
-
-@dispatch.register("group_norm_nhwc", "triton", reasons=_group_norm_reasons)
+@dispatch.register("group_norm_nhwc", "triton", capability(check=_shared_memory))
 def group_norm_nhwc(x, weight, bias, num_groups, eps, activation):
     C = x.shape[-1]
     f32 = torch.float32
     w = weight.to(f32) if weight is not None else x.new_ones(C, dtype=f32)
     b = bias.to(f32) if bias is not None else x.new_zeros(C, dtype=f32)
-    y, _, _ = _group_norm_fwd(x.contiguous(), w, b, num_groups, eps, activation == "gelu")
+    y, _, _ = group_norm_nhwc_fwd(x.contiguous(), w, b, num_groups, eps, activation == "gelu")
     return y
 
 

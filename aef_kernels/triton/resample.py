@@ -13,8 +13,7 @@ Channels-last frames. Kernels:
   pixel sums the (at most 2F x 2F) high-resolution gradients that read it, so no atomics.
 - ``_down_dgrad_kernel``: input gradient of a down-sampling GEMM; every input pixel belongs to exactly
   one window, so each program writes its outputs once (optionally adding a gradient already there).
-- ``_s2d_wgrad_kernel``: weight and bias gradients of a (space-to-depth or 1x1) GEMM as float32
-  partial sums over pixel ranges, summed afterwards in a fixed order (no float atomics).
+- weight and bias gradients: the split-K kernel of ``gemm.py`` that the 3x3 convolutions share.
 """
 
 from __future__ import annotations
@@ -25,14 +24,15 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from .. import checks, dispatch
-from ..functional import ExchangeParams
+from .. import dispatch
+from ..autograd import kernel_op
+from ..ops import ExchangeParams
 from ..reference.resample import _cast
 from .aot import AOTCall
-from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
-from .precision import _dot_prec, _wgrad_split
+from .common import TL_DTYPES, capability, launch, shared_memory_reasons
+from . import gemm
+from .gemm import dot_precision, weight_grad
 
 
 @triton.jit
@@ -198,48 +198,6 @@ def _down_dgrad_kernel(dy_ptr, wt_ptr, prev_ptr, dx_ptr, M, HO, WO, CIN, F, COUT
     tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _s2d_wgrad_kernel(a_ptr, dy_ptr, dw_ptr, db_ptr, M, HO, WO, CIN, F, COUT, CHUNK,
-                      DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                      BLOCK_CO: tl.constexpr):
-    """Partial dw[split, (r, s, ci), co] and db[split, co] over pixel range ``split``."""
-    pid_s = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_n = tl.program_id(2)
-    KT = tl.cdiv(CIN, BLOCK_K)
-    ab = pid_k // KT
-    cc = (pid_k - ab * KT) * BLOCK_K + tl.arange(0, BLOCK_K)
-    c_ok = cc < CIN
-    r = ab // F
-    s = ab - r * F
-    WI = WO * F
-    offs_co = pid_n * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    co_ok = offs_co < COUT
-    acc = tl.zeros((BLOCK_K, BLOCK_CO), dtype=tl.float32)
-    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    m_start = pid_s.to(tl.int64) * CHUNK
-    for m0 in range(0, CHUNK, BLOCK_M):
-        offs_m = m_start + m0 + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < M
-        j_idx = offs_m % WO
-        t = offs_m // WO
-        i_idx = t % HO
-        n_idx = t // HO
-        row = ((n_idx * HO + i_idx) * F * WI + j_idx * F + r * WI + s) * CIN
-        a = tl.load(a_ptr + row[:, None] + cc[None, :], mask=m_ok[:, None] & c_ok[None, :], other=0.0)
-        g = tl.load(dy_ptr + (offs_m * COUT)[:, None] + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
-                    other=0.0)
-        # The gradient may arrive in float32 (adjoint of the gather): the bias sum keeps it, the GEMM
-        # runs in the input's dtype.
-        acc = tl.dot(tl.trans(a), g.to(a.dtype), acc, input_precision=DOT_PREC)
-        db += tl.sum(g.to(tl.float32), axis=0)
-    part = pid_s.to(tl.int64) * F * F * CIN * COUT
-    tl.store(dw_ptr + part + (ab * CIN + cc)[:, None] * COUT + offs_co[None, :], acc,
-             mask=c_ok[:, None] & co_ok[None, :])
-    # Every window/channel tile sees the same dy rows; only the first writes the bias partial.
-    tl.store(db_ptr + pid_s.to(tl.int64) * COUT + offs_co, db, mask=co_ok & ((offs_co * 0 + pid_k) == 0))
-
-
 # ------------------------------------------------------------------------------------------------
 # Configuration: every choice is enumerated by aot_specs().
 
@@ -265,7 +223,7 @@ def _wgrad_config(dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
     # 16-bit: two stages (three, with a float32 gradient, spill). float32: 16 rows (32 rows of an
     # unaligned 7-band input spill) and three stages (two spill 8 B on sm_90). Faithful AOT.
-    return dict(BLOCK_M=64 if wide else 16, BLOCK_K=64 if wide else 32, BLOCK_CO=64, num_warps=8,
+    return dict(BLOCK_M=64 if wide else 16, BLOCK_CI=64 if wide else 32, BLOCK_CO=64, num_warps=8,
                 num_stages=2 if wide else 3)
 
 
@@ -297,7 +255,7 @@ def _exchange(out_shape, dtype, device, *, own=None, bias=None, downs=(), ups=()
         M, HO, WO, cout, d[0][0].shape[-1], d[0][2], d[1][0].shape[-1], d[1][2],
         u[0][1], u[0][2], u[0][3], u[1][1], u[1][2], u[1][3],
         NUM_DOWN=len(downs), NUM_UP=len(ups), HAS_OWN=own is not None, HAS_BIAS=bias is not None,
-        DOT_PREC=_dot_prec(compute), **cfg)
+        DOT_PREC=dot_precision(compute), **cfg)
     return out
 
 
@@ -328,24 +286,13 @@ def _down_dgrad(dy, w, factor, in_shape, prev=None):
     cfg = _dgrad_config(dy.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_N"]))
     launch(_down_dgrad_kernel, grid, dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor,
-                                          cout, HAS_PREV=prev is not None, DOT_PREC=_dot_prec(dy.dtype), **cfg)
+                                          cout, HAS_PREV=prev is not None, DOT_PREC=dot_precision(dy.dtype), **cfg)
     return dx
 
 
 def _s2d_wgrad(a, dy, factor):
     """(dW as (F*F*Cin, Cout) float32, db (Cout,) float32)."""
-    N, HO, WO, cout = dy.shape
-    cin = a.shape[-1]
-    M = N * HO * WO
-    cfg = _wgrad_config(a.dtype)
-    tiles = factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]) * triton.cdiv(cout, cfg["BLOCK_CO"])
-    split, chunk = _wgrad_split(M, cfg["BLOCK_M"], tiles)
-    dw = torch.empty((split, factor * factor * cin, cout), device=a.device, dtype=torch.float32)
-    db = torch.empty((split, cout), device=a.device, dtype=torch.float32)
-    grid = (split, factor * factor * triton.cdiv(cin, cfg["BLOCK_K"]), triton.cdiv(cout, cfg["BLOCK_CO"]))
-    launch(_s2d_wgrad_kernel, grid, a, dy, dw, db, M, HO, WO, cin, factor, cout, chunk,
-                                         DOT_PREC=_dot_prec(a.dtype), **cfg)
-    return dw.sum(0), db.sum(0)
+    return weight_grad(a, dy, factor, conv3x3=False, cfg=_wgrad_config(a.dtype))
 
 
 def _down_weight_grad(a, dy, factor, w):
@@ -362,54 +309,34 @@ def _linear_weight_grad(a, du, w):
 # ------------------------------------------------------------------------------------------------
 # torch.library ops (inputs contiguous, parameters already in x's dtype).
 
-@triton_op("aef_kernels::resample_down_fwd", mutates_args=())
-def _down_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], factor: int) -> torch.Tensor:
+def _down_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], factor: int) -> torch.Tensor:
     N, H, W, _ = x.shape
     f = factor
     return _exchange((N, H // f, W // f, weight.shape[0]), x.dtype, x.device, bias=bias,
                      downs=((x, _pack_down(weight), f),))
 
 
-@triton_op("aef_kernels::resample_down_bwd", mutates_args=())
-def _down_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _down_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias)."""
     dx = _down_dgrad(dy, weight, factor, tuple(x.shape))
     dw, db = _down_weight_grad(x, dy, factor, weight)
     return dx, dw, db.to(weight.dtype)
 
 
-def _resample_setup(ctx, inputs, output):
-    x, weight, bias, factor = inputs
-    ctx.factor = factor
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, weight)
+_RESAMPLE_AUTOGRAD = dict(outputs=("y",), saved=("x", "weight", "factor"), grads=("x", "weight", "bias"))
+resample_down_fwd, resample_down_bwd = kernel_op("resample_down", "triton", _down_forward, _down_backward,
+                                                 **_RESAMPLE_AUTOGRAD)
 
 
-def _resample_backward(bwd):
-    """Autograd backward of a resampling op (x, weight, bias, factor) whose gradients ``bwd`` gives."""
-
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dx, dw, db = bwd(dy.contiguous(), x, weight, ctx.factor)
-        return dx, dw, db if ctx.has_bias else None, None
-
-    return backward
-
-
-_down_fwd.register_autograd(_resample_backward(_down_bwd), setup_context=_resample_setup)
-
-
-@triton_op("aef_kernels::resample_up_fwd", mutates_args=())
-def _up_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], factor: int) -> torch.Tensor:
+def _up_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], factor: int) -> torch.Tensor:
     N, H, W, _ = x.shape
     u = _linear_lowres(x, weight, bias)
     return _exchange((N, H * factor, W * factor, weight.shape[0]), x.dtype, x.device, ups=((u, factor),))
 
 
-@triton_op("aef_kernels::resample_up_bwd", mutates_args=())
-def _up_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _up_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias)."""
     N, H, W, cin = x.shape
     du = _up_adjoint(dy, (H, W), factor)
@@ -418,7 +345,7 @@ def _up_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
     return dx, dw, db.to(weight.dtype)
 
 
-_up_fwd.register_autograd(_resample_backward(_up_bwd), setup_context=_resample_setup)
+resample_up_fwd, resample_up_bwd = kernel_op("resample_up", "triton", _up_forward, _up_backward, **_RESAMPLE_AUTOGRAD)
 
 
 def _sum_bias(*biases):
@@ -428,15 +355,14 @@ def _sum_bias(*biases):
     return torch.stack(present).sum(0) if len(present) > 1 else present[0]
 
 
-@triton_op("aef_kernels::pyramid_exchange_fwd", mutates_args=())
-def _exchange_fwd(xs: torch.Tensor, xt: torch.Tensor, xp: torch.Tensor,
-                  p_to_s_w: torch.Tensor, p_to_s_b: Optional[torch.Tensor],
-                  t_to_s_w: torch.Tensor, t_to_s_b: Optional[torch.Tensor],
-                  p_to_t_w: torch.Tensor, p_to_t_b: Optional[torch.Tensor],
-                  s_to_t_w: torch.Tensor, s_to_t_b: Optional[torch.Tensor],
-                  t_to_p_w: torch.Tensor, t_to_p_b: Optional[torch.Tensor],
-                  s_to_p_w: torch.Tensor, s_to_p_b: Optional[torch.Tensor]
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _exchange_forward(xs: torch.Tensor, xt: torch.Tensor, xp: torch.Tensor,
+                      p_to_s_w: torch.Tensor, p_to_s_b: Optional[torch.Tensor],
+                      t_to_s_w: torch.Tensor, t_to_s_b: Optional[torch.Tensor],
+                      p_to_t_w: torch.Tensor, p_to_t_b: Optional[torch.Tensor],
+                      s_to_t_w: torch.Tensor, s_to_t_b: Optional[torch.Tensor],
+                      t_to_p_w: torch.Tensor, t_to_p_b: Optional[torch.Tensor],
+                      s_to_p_w: torch.Tensor, s_to_p_b: Optional[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ts = xt.shape[1] // xs.shape[1]
     pt = xp.shape[1] // xt.shape[1]
     dt = xs.dtype
@@ -451,13 +377,12 @@ def _exchange_fwd(xs: torch.Tensor, xt: torch.Tensor, xp: torch.Tensor,
     return ys, yt, yp
 
 
-@triton_op("aef_kernels::pyramid_exchange_bwd", mutates_args=())
-def _exchange_bwd(dys: torch.Tensor, dyt: torch.Tensor, dyp: torch.Tensor, xs: torch.Tensor, xt: torch.Tensor,
-                  xp: torch.Tensor, p_to_s_w: torch.Tensor, t_to_s_w: torch.Tensor, p_to_t_w: torch.Tensor,
-                  s_to_t_w: torch.Tensor, t_to_p_w: torch.Tensor, s_to_p_w: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                             torch.Tensor, torch.Tensor, torch.Tensor]:
+def _exchange_backward(dys: torch.Tensor, dyt: torch.Tensor, dyp: torch.Tensor, xs: torch.Tensor, xt: torch.Tensor,
+                       xp: torch.Tensor, p_to_s_w: torch.Tensor, t_to_s_w: torch.Tensor, p_to_t_w: torch.Tensor,
+                       s_to_t_w: torch.Tensor, t_to_p_w: torch.Tensor, s_to_p_w: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                  torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                  torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dxs, dxt, dxp, then (dweight, dbias) of p_to_s, t_to_s, p_to_t, s_to_t, t_to_p, s_to_p)."""
     ts = xt.shape[1] // xs.shape[1]
     pt = xp.shape[1] // xt.shape[1]
@@ -482,22 +407,11 @@ def _exchange_bwd(dys: torch.Tensor, dyt: torch.Tensor, dyp: torch.Tensor, xs: t
             dw_tp, db_tp.to(dt), dw_sp, db_sp.to(dt))
 
 
-def _exchange_setup(ctx, inputs, output):
-    xs, xt, xp, *params = inputs
-    ctx.has_bias = [b is not None for b in params[1::2]]
-    ctx.save_for_backward(xs, xt, xp, *params[0::2])
-
-
-def _exchange_backward(ctx, dys, dyt, dyp):
-    xs, xt, xp, *weights = ctx.saved_tensors
-    grads = _exchange_bwd(dys.contiguous(), dyt.contiguous(), dyp.contiguous(), xs, xt, xp, *weights)
-    out = list(grads[:3])
-    for k, has in enumerate(ctx.has_bias):
-        out += [grads[3 + 2 * k], grads[4 + 2 * k] if has else None]
-    return tuple(out)
-
-
-_exchange_fwd.register_autograd(_exchange_backward, setup_context=_exchange_setup)
+_EXCHANGE_WEIGHTS = tuple(f"{name}_w" for name in ("p_to_s", "t_to_s", "p_to_t", "s_to_t", "t_to_p", "s_to_p"))
+pyramid_exchange_fwd, pyramid_exchange_bwd = kernel_op(
+    "pyramid_exchange", "triton", _exchange_forward, _exchange_backward, outputs=("ys", "yt", "yp"),
+    differentiable=3, saved=("xs", "xt", "xp") + _EXCHANGE_WEIGHTS,
+    grads=("xs", "xt", "xp") + tuple(f"{w[:-2]}_{p}" for w in _EXCHANGE_WEIGHTS for p in ("w", "b")))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,34 +426,34 @@ def _power_of_two(f: int) -> bool:
 SHARED_BYTES = {80: 48 * 1024, 90: 64 * 1024}
 
 
-def _resample_reasons(x, *params) -> list[str]:
-    return (device_reasons(x, *params) + checks.kernel_dtype_reasons(x)
-            + shared_memory_reasons("resampling", SHARED_BYTES, x))
+def _shared_memory(x) -> list[str]:
+    needed = {cc: max(SHARED_BYTES[cc], gemm.SHARED_BYTES[cc]) for cc in SHARED_BYTES}
+    return shared_memory_reasons("resampling", needed, x)
 
 
-def _down_reasons(x, weight, bias, factor):
-    return _resample_reasons(x, weight, bias)
+def _down_check(x, weight, bias, factor) -> list[str]:
+    return _shared_memory(x)
 
 
-def _up_reasons(x, weight, bias, factor):
-    reasons = _resample_reasons(x, weight, bias)
+def _up_check(x, weight, bias, factor) -> list[str]:
+    reasons = _shared_memory(x)
     if not _power_of_two(factor):
-        reasons.append(f"factor {factor} is not a power of two (the gather needs an exact 1/factor)")
+        reasons.append(f"factor = {factor} is not a power of two (the gather needs an exact 1/factor)")
     return reasons
 
 
-@dispatch.register("resample_down", "triton", reasons=_down_reasons)
+@dispatch.register("resample_down", "triton", capability(check=_down_check))
 def resample_down(x, weight, bias, factor):
-    return _down_fwd(x.contiguous(), weight.to(x.dtype), _cast(bias, x.dtype), factor)
+    return resample_down_fwd(x.contiguous(), weight.to(x.dtype), _cast(bias, x.dtype), factor)
 
 
-@dispatch.register("resample_up", "triton", reasons=_up_reasons)
+@dispatch.register("resample_up", "triton", capability(check=_up_check))
 def resample_up(x, weight, bias, factor):
-    return _up_fwd(x.contiguous(), weight.to(x.dtype), _cast(bias, x.dtype), factor)
+    return resample_up_fwd(x.contiguous(), weight.to(x.dtype), _cast(bias, x.dtype), factor)
 
 
-def _exchange_reasons(xs, xt, xp, params):
-    reasons = _resample_reasons(xs, xt, xp, *params)
+def _exchange_check(xs, xt, xp, params) -> list[str]:
+    reasons = _shared_memory(xs)
     ts = xt.shape[1] // xs.shape[1]
     pt = xp.shape[1] // xt.shape[1]
     if not (_power_of_two(ts) and _power_of_two(pt)):
@@ -547,10 +461,10 @@ def _exchange_reasons(xs, xt, xp, params):
     return reasons
 
 
-@dispatch.register("pyramid_exchange", "triton", reasons=_exchange_reasons)
+@dispatch.register("pyramid_exchange", "triton", capability(check=_exchange_check))
 def pyramid_exchange(xs, xt, xp, params: ExchangeParams):
     dt = xs.dtype
-    return _exchange_fwd(xs.contiguous(), xt.contiguous(), xp.contiguous(), *(_cast(p, dt) for p in params))
+    return pyramid_exchange_fwd(xs.contiguous(), xt.contiguous(), xp.contiguous(), *(_cast(p, dt) for p in params))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,12 +19,11 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from .. import dispatch
-from ..checks import kernel_dtype_reasons
+from ..autograd import kernel_op
 from .aot import AOTCall
-from .common import TL_DTYPES, device_reasons, launch, shared_memory_reasons
+from .common import TL_DTYPES, capability, launch, shared_memory_reasons
 
 # Rows longer than this would need a multi-pass loop over D; the model's embeddings are 64 wide.
 MAX_D = 2048
@@ -135,8 +134,7 @@ def _uniformity_bwd_kernel(g_ptr, u_ptr, dots_ptr, du_ptr, n_rows, B, M, D, stri
     tl.store(du_ptr + rows[:, None] * D + cols[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
 
 
-@triton_op("aef_kernels::vmf_normalize_fwd", mutates_args=())
-def vmf_normalize_fwd(x: torch.Tensor, eps: float) -> torch.Tensor:
+def _vmf_forward(x: torch.Tensor, eps: float) -> torch.Tensor:
     x2 = _rows(x)
     n_rows, D = x2.shape
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -147,8 +145,7 @@ def vmf_normalize_fwd(x: torch.Tensor, eps: float) -> torch.Tensor:
     return y
 
 
-@triton_op("aef_kernels::vmf_normalize_bwd", mutates_args=())
-def vmf_normalize_bwd(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+def _vmf_backward(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     x2, g2 = _rows(x), _rows(grad)
     n_rows, D = x2.shape
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -159,18 +156,8 @@ def vmf_normalize_bwd(grad: torch.Tensor, x: torch.Tensor, eps: float) -> torch.
     return dx
 
 
-def _vmf_setup_context(ctx, inputs, output):
-    x, eps = inputs
-    ctx.save_for_backward(x)
-    ctx.eps = eps
-
-
-def _vmf_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return vmf_normalize_bwd(grad, x, ctx.eps), None
-
-
-vmf_normalize_fwd.register_autograd(_vmf_backward, setup_context=_vmf_setup_context)
+vmf_normalize_fwd, vmf_normalize_bwd = kernel_op("vmf_normalize", "triton", _vmf_forward, _vmf_backward,
+                                                   outputs=("y",), saved=("x", "eps"), grads=("x",))
 
 
 def _batch_rows(u: torch.Tensor) -> torch.Tensor:
@@ -179,8 +166,7 @@ def _batch_rows(u: torch.Tensor) -> torch.Tensor:
     return u3 if u3.stride(-1) == 1 or u3.shape[-1] == 1 else u3.contiguous()
 
 
-@triton_op("aef_kernels::batch_uniformity_loss_fwd", mutates_args=())
-def batch_uniformity_loss_fwd(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _uniformity_forward(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the loss and the float32 dots u[b] . u[b-1] per (b, position), saved for the backward."""
     u3 = _batch_rows(u)
     B, M, D = u3.shape
@@ -197,8 +183,7 @@ def batch_uniformity_loss_fwd(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return loss, dots
 
 
-@triton_op("aef_kernels::batch_uniformity_loss_bwd", mutates_args=())
-def batch_uniformity_loss_bwd(grad: torch.Tensor, u: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
+def _uniformity_backward(grad: torch.Tensor, u: torch.Tensor, dots: torch.Tensor) -> torch.Tensor:
     u3 = _batch_rows(u)
     B, M, D = u3.shape
     n_rows = B * M
@@ -210,25 +195,9 @@ def batch_uniformity_loss_bwd(grad: torch.Tensor, u: torch.Tensor, dots: torch.T
     return du
 
 
-def _uniformity_setup_context(ctx, inputs, output):
-    (u,) = inputs
-    _, dots = output
-    ctx.mark_non_differentiable(dots)
-    ctx.save_for_backward(u, dots)
-
-
-def _uniformity_backward(ctx, grad_loss, grad_dots):
-    u, dots = ctx.saved_tensors
-    return batch_uniformity_loss_bwd(grad_loss, u, dots)
-
-
-batch_uniformity_loss_fwd.register_autograd(_uniformity_backward, setup_context=_uniformity_setup_context)
-
-
-def _width_reasons(name: str, t: torch.Tensor) -> list[str]:
-    if t.shape[-1] > MAX_D:
-        return [f"{name}: last dim {t.shape[-1]} exceeds the Triton kernels' limit of {MAX_D}"]
-    return []
+batch_uniformity_loss_fwd, batch_uniformity_loss_bwd = kernel_op(
+    "batch_uniformity_loss", "triton", _uniformity_forward, _uniformity_backward, outputs=("loss", "dots"),
+    saved=("u", "dots"), grads=("u",))
 
 
 # The most shared memory any configuration of this module's kernels takes per block, on sm_80-class
@@ -236,22 +205,21 @@ def _width_reasons(name: str, t: torch.Tensor) -> list[str]:
 SHARED_BYTES = {80: 8 * 1024, 90: 8 * 1024}
 
 
-def _vmf_reasons(x, eps) -> list[str]:
-    return (device_reasons(x) + kernel_dtype_reasons(x) + _width_reasons("x", x)
-            + shared_memory_reasons("vmf_normalize", SHARED_BYTES, x))
+def _vmf_check(x, eps) -> list[str]:
+    return shared_memory_reasons("vmf_normalize", SHARED_BYTES, x)
 
 
-def _uniformity_reasons(u) -> list[str]:
-    return (device_reasons(u) + kernel_dtype_reasons(u) + _width_reasons("u", u)
-            + shared_memory_reasons("batch_uniformity_loss", SHARED_BYTES, u))
+def _uniformity_check(u) -> list[str]:
+    return shared_memory_reasons("batch_uniformity_loss", SHARED_BYTES, u)
 
 
-@dispatch.register("vmf_normalize", "triton", reasons=_vmf_reasons)
+# Rows longer than MAX_D would need a multi-pass loop over D.
+@dispatch.register("vmf_normalize", "triton", capability(at_most={"width": MAX_D}, check=_vmf_check))
 def vmf_normalize(x, eps):
     return vmf_normalize_fwd(x, eps)
 
 
-@dispatch.register("batch_uniformity_loss", "triton", reasons=_uniformity_reasons)
+@dispatch.register("batch_uniformity_loss", "triton", capability(at_most={"width": MAX_D}, check=_uniformity_check))
 def batch_uniformity_loss(u):
     return batch_uniformity_loss_fwd(u)[0]
 

@@ -81,12 +81,12 @@ def test_position_code_is_fixed_and_distinct():
         assert torch.cdist(flat, flat).add(torch.eye(h * h)).min() > 0
 
 
-def test_backend_argument_reaches_every_kernel_call():
-    """A named backend is forced on the kernel calls: 'cuda' on CPU tensors raises
+def test_the_callers_backend_reaches_the_kernel_calls():
+    """The encoder takes its backend from the caller's context: 'cuda' on CPU tensors raises
     BackendUnavailableError instead of silently falling back."""
-    enc = STPEncoder(CFG, backend="cuda")
+    enc = STPEncoder(CFG)
     x, tc = _inputs(L=16)
-    with pytest.raises(K.BackendUnavailableError):
+    with K.use_backend("cuda"), pytest.raises(K.BackendUnavailableError):
         enc(x, tc)
 
 

@@ -1,8 +1,18 @@
 """Fixtures shared by the backend tests (Triton and CUDA)."""
 
 import pytest
+import torch
 
 from aef_kernels import testing
+
+
+@pytest.fixture(autouse=True)
+def full_precision_float32(monkeypatch):
+    """Every kernel test compares with a reference that computes float32 in float32: TF32 in cuDNN
+    convolutions (on by default) and in matmuls is switched off, or the reference's own error on a
+    GPU would hide a precision loss of the kernel under test."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 @pytest.fixture

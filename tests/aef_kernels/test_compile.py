@@ -6,35 +6,16 @@ import pytest
 import torch
 
 import aef_kernels as K
-from aef_kernels import dispatch
-from aef_kernels.functional import ExchangeParams
-from aef_kernels.info import example_args
-
-PUBLIC = {
-    "axial_time_attention": K.axial_time_attention,
-    "precision_operator": K.precision_operator,
-    "group_norm_nhwc": K.group_norm_nhwc,
-    "resample_down": K.resample_down,
-    "resample_up": K.resample_up,
-    "pyramid_exchange": K.pyramid_exchange,
-    "vmf_normalize": K.vmf_normalize,
-    "batch_uniformity_loss": K.batch_uniformity_loss,
-}
+from aef_kernels.ops import BY_NAME, SPECS, ExchangeParams
 
 
-def small_args(op):
-    """example_args shrunk along the batch axis so that compile + run stays quick."""
-    args = example_args(op, torch.device("cpu"), torch.float32)
-    batched = {"pyramid_exchange": 3, "axial_time_attention": 4}.get(op, 1)
-    return tuple(a[:1] for a in args[:batched]) + args[batched:]
-
-
-@pytest.mark.parametrize("op", dispatch.OPS)
-def test_public_function_compiles_fullgraph(op):
-    """Each public function compiles with fullgraph=True (no graph break) and matches eager."""
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_public_function_compiles_fullgraph(spec):
+    """Each public function compiles with fullgraph=True (no graph break) and matches eager, on the
+    first example of its spec."""
     torch._dynamo.reset()
-    fn = PUBLIC[op]
-    args = small_args(op)
+    fn = getattr(K, spec.name)
+    args = tuple(next(iter(spec.examples(torch.device("cpu"), torch.float32).values())))
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(*args), fn(*args), rtol=1e-5, atol=1e-5)
 
@@ -63,7 +44,7 @@ def test_inductor_compiles_a_composition_with_backend_context():
 def test_exchange_params_as_plain_tuple_compiles():
     """A plain tuple of twelve tensors is accepted in place of ExchangeParams, also under compile."""
     torch._dynamo.reset()
-    xs, xt, xp, params = small_args("pyramid_exchange")
+    xs, xt, xp, params = BY_NAME["pyramid_exchange"].typical(torch.device("cpu"), torch.float32)
     compiled = torch.compile(K.pyramid_exchange, fullgraph=True, backend="aot_eager")
     out = compiled(xs, xt, xp, tuple(params))
     expected = K.pyramid_exchange(xs, xt, xp, ExchangeParams(*params))

@@ -10,19 +10,18 @@ import torch
 
 import aef_kernels as K
 from aef_kernels import dispatch
+from aef_kernels.ops import BY_NAME, SPECS
 
 
 def vec():
     return torch.randn(4, 8)
 
 
-@pytest.mark.parametrize("op", dispatch.OPS)
-def test_auto_picks_reference_on_cpu(op):
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_auto_picks_reference_on_cpu(spec):
     """For CPU tensors auto selects the reference backend for every op (even under the interpreter)."""
-    from aef_kernels.info import example_args
-
-    args = example_args(op, torch.device("cpu"), torch.float32)
-    assert dispatch.select(op, args, "auto").backend == "reference"
+    inputs = spec.typical(torch.device("cpu"), torch.float32)
+    assert dispatch.select(spec.name, inputs, "auto").backend == "reference"
 
 
 def test_requested_backend_that_cannot_run_lists_reasons():
@@ -81,14 +80,13 @@ def test_invalid_environment_variable_is_reported_at_import():
 
 def test_backend_without_an_implementation_is_named():
     """A backend lacking an op says so among its reasons (the exchange has no CUDA C++ kernel)."""
-    from aef_kernels.info import example_args
-
-    args = example_args("pyramid_exchange", torch.device("cpu"), torch.float32)
-    assert "no cuda implementation of pyramid_exchange" in dispatch.not_supported_reasons("pyramid_exchange", "cuda", *args)
+    inputs = BY_NAME["pyramid_exchange"].typical(torch.device("cpu"), torch.float32)
+    assert "no cuda implementation of pyramid_exchange" in dispatch.not_supported_reasons("pyramid_exchange", "cuda",
+                                                                                         inputs)
 
 
 def test_register_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown op"):
-        dispatch.register("softmax", "triton")
+        dispatch.register("softmax", "triton", dispatch.REFERENCE_CAPABILITY)
     with pytest.raises(ValueError, match="unknown backend"):
-        dispatch.register("vmf_normalize", "metal")
+        dispatch.register("vmf_normalize", "metal", dispatch.REFERENCE_CAPABILITY)

@@ -194,3 +194,10 @@ def test_valid_calls_pass_validation():
     assert K.precision_operator(*prec(8), 4).shape == (2, 4, 4, 8)
     ys, yt, yp = K.pyramid_exchange(*exchange())
     assert (ys.shape, yt.shape, yp.shape) == ((2, 1, 1, 4), (2, 2, 2, 3), (2, 8, 8, 2))
+
+
+def test_kernel_tests_compare_with_a_full_float32_reference():
+    """The kernel tests' references run without TF32 (tests/aef_kernels/conftest.py): cuDNN's
+    default would let the fp32 convolution references round their inputs to 10 mantissa bits."""
+    assert not torch.backends.cudnn.allow_tf32
+    assert not torch.backends.cuda.matmul.allow_tf32

@@ -219,21 +219,21 @@ def test_parity_passes_the_reference_and_fails_broken_kernels(monkeypatch, op):
     assert [r["status"] for r in rows] == [G.PASS]
     impl = dispatch._REGISTRY[op]["reference"]
 
-    def unwritten(*args):
-        out = impl.fn(*args)
+    def unwritten(**inputs):
+        out = impl.fn(**inputs)
         hole = torch.empty_like(out)
         return torch.where(torch.arange(out.numel()).reshape(out.shape) == 0, hole, out)
 
-    def off(*args):
-        return impl.fn(*args) * (1 + 1e-3)
+    def off(**inputs):
+        return impl.fn(**inputs) * (1 + 1e-3)
 
-    def leaky(*args):
-        out = impl.fn(*args)
+    def leaky(**inputs):
+        out = impl.fn(**inputs)
         return out + 0 * out.flatten()[0]
 
     for bad, variant in ((unwritten, "clean"), (off, "clean"), (leaky, "sample")):
         monkeypatch.setitem(dispatch._REGISTRY[op], "triton",
-                            dispatch.Implementation(op, "triton", bad, lambda *a: []))
+                            dispatch.Implementation(op, "triton", bad, dispatch.REFERENCE_CAPABILITY))
         monkeypatch.setitem(dispatch._BACKEND_UNAVAILABLE, "triton", [])
         (row,) = G.parity(ctx, op, "fp32", "small", ("triton",))
         assert row["status"] == G.FAIL and not row["checks"][variant]["ok"], (bad.__name__, row)

@@ -95,30 +95,39 @@ def test_peak_memory_is_not_invented_on_cpu():
 
 def test_attention_floor_by_hand():
     # 1 x 2 x 3 pixels, 4 heads -> 24 sequences of T = 5, d = 8, bf16.
-    c = floors.axial_time_attention(1, 5, 5, 2, 3, 4, 8, elt=2)
+    q = floors.meta(1, 5, 2, 3, 4, 8, dtype=torch.bfloat16)
+    c = floors.cost("axial_time_attention", q, q, q, None, 1.0)
     elems = 24 * 5 * 8
     assert c.bytes == 4 * elems * 2
     assert c.flops == 4 * 24 * 5 * 5 * 8
-    cb = floors.axial_time_attention(1, 5, 5, 2, 3, 4, 8, elt=2, backward=True)
+    cb = floors.cost("axial_time_attention", q, q, q, None, 1.0, backward=True)
     assert cb.flops == 3 * c.flops
     # + backward: q, k, v, o, dO read, dq, dk, dv written, float32 LSE written and read.
     assert cb.bytes == c.bytes + 8 * elems * 2 + 2 * 24 * 5 * 4
 
 
 def test_conv_and_resample_floors_by_hand():
-    p = floors.precision_operator(2, 4, 4, 8, elt=4)
+    f32 = dict(dtype=torch.float32)
+    p = floors.cost("precision_operator", floors.meta(2, 4, 4, 8, **f32), floors.meta(8, **f32), floors.meta(8, **f32),
+                    floors.meta(32, 8, 3, 3, **f32), floors.meta(32, **f32), floors.meta(8, 32, 3, 3, **f32),
+                    floors.meta(8, **f32), 4, 1e-5)
     assert p.flops == 2 * 2 * (2 * 4 * 4) * 9 * 4 * 8 * 8
     assert p.bytes == (2 * 2 * 4 * 4 * 8 + 2 * 9 * 4 * 64 + 4 * 8 + 3 * 8) * 4
-    d = floors.resample_down(1, 8, 8, 3, 5, 4, elt=2)
+    bf16 = dict(dtype=torch.bfloat16)
+    d = floors.cost("resample_down", floors.meta(1, 8, 8, 3, **bf16), floors.meta(5, 3, 4, 4, **bf16), None, 4)
     assert d.flops == 2 * 8 * 8 * 3 * 5
     assert d.bytes == (8 * 8 * 3 + 2 * 2 * 5 + 5 * 3 * 16 + 5) * 2
-    u = floors.resample_up(1, 2, 2, 3, 5, 4, elt=2)
+    u = floors.cost("resample_up", floors.meta(1, 2, 2, 3, **bf16), floors.meta(5, 3, **bf16), None, 4)
     assert u.flops == 2 * 2 * 2 * 3 * 5
     assert u.bytes == (2 * 2 * 3 + 8 * 8 * 5 + 5 * 3 + 5) * 2
-    e = floors.pyramid_exchange(1, 1, 4, 2, 1, 2, 4, elt=2)
+    ds, dt, dp = 4, 2, 1
+    params = [floors.meta(*shape, **bf16) for shape in ((ds, dp, 8, 8), (ds,), (ds, dt, 2, 2), (ds,), (dt, dp, 4, 4),
+                                                        (dt,), (dt, ds), (dt,), (dp, dt), (dp,), (dp, ds), (dp,))]
+    e = floors.cost("pyramid_exchange", floors.meta(1, 1, 1, ds, **bf16), floors.meta(1, 2, 2, dt, **bf16),
+                    floors.meta(1, 8, 8, dp, **bf16), params)
     assert e.flops == 2 * (64 * 1 * 4 + 4 * 2 * 4 + 64 * 1 * 2 + 1 * 4 * 2 + 4 * 2 * 1 + 1 * 4 * 1)
-    assert floors.vmf_normalize(10, 64, 2).bytes == 10 * 64 * 2 * 2
-    assert floors.batch_uniformity_loss(10, 64, 2, backward=True).bytes == 10 * 64 * 2 * 3
+    assert floors.cost("vmf_normalize", floors.meta(10, 64, **bf16), 1e-12).bytes == 10 * 64 * 2 * 2
+    assert floors.cost("batch_uniformity_loss", floors.meta(10, 64, **bf16), backward=True).bytes == 10 * 64 * 2 * 3
 
 
 def test_roofline_fraction_and_bound():
@@ -288,7 +297,7 @@ def test_run_case_rows_for_compile_unavailable_and_broken_providers():
 
     inputs = runner.Inputs(torch.device("cpu"), torch.float32, seed=0)
     sets, _ = inputs.sets(lambda: (inputs.randn(4, 3, 8),))
-    cost = floors.vmf_normalize(12, 8, 4)
+    cost = floors.cost("vmf_normalize", floors.meta(4, 3, 8, dtype=torch.float32), 1e-12)
     ceilings = {"bandwidth_GBps": 10.0, "matmul_TFLOPs": 1.0}
 
     def case(fn):

@@ -160,20 +160,21 @@ def test_cuda_backend_is_registered_and_explains_cpu_inputs():
     assert "cuda" in dispatch.registered_backends("axial_time_attention")
     q = torch.randn(1, 3, 2, 2, 1, 16)
     reasons = dispatch.not_supported_reasons("axial_time_attention", "cuda", q, q, q, None, 0.25)
-    assert reasons == ["q, k, v are on cpu; the cuda backend needs CUDA tensors"]
-    with pytest.raises(K.BackendUnavailableError, match="needs CUDA tensors"):
+    assert reasons == ["q, k, v on cpu: the cuda backend runs on cuda"]
+    with pytest.raises(K.BackendUnavailableError, match="runs on cuda"):
         K.axial_time_attention(q, q, q, backend="cuda")
 
 
 def test_reasons_name_dtype_head_dim_and_frame_limit():
     q = torch.empty(1, 2, 1, 1, 1, 48, dtype=torch.float64, device="meta")
     k = torch.empty(1, attention.MAX_FRAMES + 1, 1, 1, 1, 48, dtype=torch.float64, device="meta")
-    reasons = attention._reasons(q, k, k, None, 0.1)
+    reasons = dispatch.not_supported_reasons("axial_time_attention", "cuda", q, k, k, None, 0.1)
     assert any("float64" in r for r in reasons)
-    assert any("head dim 48" in r for r in reasons)
-    assert any(f"at most {attention.MAX_FRAMES} frames" in r for r in reasons)
+    assert any("head dim d = 48" in r for r in reasons)
+    assert any(f"frames max(T, Tq) = {attention.MAX_FRAMES + 1} exceeds" in r for r in reasons)
     ok = torch.empty(1, 2, 1, 1, 1, 64, dtype=torch.bfloat16, device="meta")
-    assert attention._reasons(ok, ok, ok, None, 0.1) == ["q, k, v are on meta; the cuda backend needs CUDA tensors"]
+    assert dispatch.not_supported_reasons("axial_time_attention", "cuda", ok, ok, ok, None, 0.1) == [
+        "q, k, v on meta: the cuda backend runs on cuda"]
 
 
 def test_auto_never_selects_the_unverified_cuda_backend():

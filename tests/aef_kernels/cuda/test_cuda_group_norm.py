@@ -8,13 +8,10 @@ import pytest
 import torch
 
 import aef_kernels as K
-from aef_kernels import _C, dispatch, reference
-from aef_kernels.info import example_args
+from aef_kernels import _C, dispatch
+from aef_kernels.ops import BY_NAME
 
 pytestmark = pytest.mark.skipif(not _C.with_cuda, reason=f"built without CUDA: {_C.cuda_skip_reason}")
-
-if _C.with_cuda:
-    from aef_kernels.cuda import precision
 
 EPS = 1e-5
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -23,10 +20,10 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def test_fake_impls_give_outputs_statistics_and_gradients():
     x = torch.empty(2, 5, 7, 48, device="meta", dtype=torch.bfloat16)
     w = torch.empty(48, device="meta")
-    y, mean, rstd = torch.ops.aef_kernels.cuda_group_norm_nhwc(x, w, w, 6, EPS, True)
+    y, mean, rstd = torch.ops.aef_kernels.cuda_group_norm_nhwc_fwd(x, w, w, 6, EPS, True)
     assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous()
     assert mean.shape == rstd.shape == (2, 6) and mean.dtype == rstd.dtype == torch.float32
-    dx, dw, db = torch.ops.aef_kernels.cuda_group_norm_nhwc_backward(y, x, w, w, mean, rstd, True)
+    dx, dw, db = torch.ops.aef_kernels.cuda_group_norm_nhwc_bwd(y, x, w, w, mean, rstd, True)
     assert dx.shape == x.shape and dx.dtype == x.dtype
     assert dw.shape == db.shape == (48,) and dw.dtype == db.dtype == torch.float32
 
@@ -34,14 +31,15 @@ def test_fake_impls_give_outputs_statistics_and_gradients():
 @pytest.mark.parametrize("op", ["group_norm_nhwc", "precision_operator"])
 def test_cuda_backend_is_registered_and_explains_cpu_inputs(op):
     assert "cuda" in dispatch.registered_backends(op)
-    args = example_args(op, torch.device("cpu"), torch.float32)
-    assert dispatch.not_supported_reasons(op, "cuda", *args) == [
-        "inputs are on cpu; the cuda backend needs CUDA tensors"]
+    inputs = BY_NAME[op].typical(torch.device("cpu"), torch.float32)
+    (reason,) = dispatch.not_supported_reasons(op, "cuda", inputs)
+    assert reason.endswith("on cpu: the cuda backend runs on cuda") and reason.startswith("x, ")
 
 
 def test_reasons_name_an_unsupported_dtype():
     x = torch.randn(2, 4, 4, 8, dtype=torch.float64)
-    assert any("float64" in r for r in precision._group_norm_reasons(x, None, None, 4, EPS, None))
+    assert any("float64" in r for r in dispatch.not_supported_reasons("group_norm_nhwc", "cuda", x, None, None, 4,
+                                                                      EPS, None))
 
 
 @pytest.mark.parametrize("op", ["group_norm_nhwc", "precision_operator"])
@@ -172,9 +170,9 @@ def test_group_norm_opcheck(dtype, gelu):
     x = torch.randn(2, 5, 7, 48, device="cuda", dtype=dtype, requires_grad=True)
     w = torch.randn(48, device="cuda", requires_grad=True)
     b = torch.randn(48, device="cuda", requires_grad=True)
-    torch.library.opcheck(torch.ops.aef_kernels.cuda_group_norm_nhwc, (x, w, b, 6, EPS, gelu))
-    y, mean, rstd = torch.ops.aef_kernels.cuda_group_norm_nhwc(x.detach(), w.detach(), b.detach(), 6, EPS, gelu)
-    torch.library.opcheck(torch.ops.aef_kernels.cuda_group_norm_nhwc_backward,
+    torch.library.opcheck(torch.ops.aef_kernels.cuda_group_norm_nhwc_fwd, (x, w, b, 6, EPS, gelu))
+    y, mean, rstd = torch.ops.aef_kernels.cuda_group_norm_nhwc_fwd(x.detach(), w.detach(), b.detach(), 6, EPS, gelu)
+    torch.library.opcheck(torch.ops.aef_kernels.cuda_group_norm_nhwc_bwd,
                           (torch.randn_like(y), x.detach(), w.detach(), b.detach(), mean, rstd, gelu))
 
 
@@ -192,9 +190,7 @@ PRECISION_CASES = [((2, 8, 8, 32), 16), ((3, 5, 7, 16), 2)]
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape, G", PRECISION_CASES, ids=str)
-def test_precision_operator_matches_reference(dtype, shape, G, poisoned, within_reference_error, monkeypatch):
-    # float32 means float32 here: with TF32 convolutions the error would be cuDNN's, not ours.
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def test_precision_operator_matches_reference(dtype, shape, G, poisoned, within_reference_error):
     N, H, W, C = shape
     x = torch.randn(shape, device="cuda").to(dtype)
     params = [1 + 0.1 * torch.randn(C, device="cuda"), 0.1 * torch.randn(C, device="cuda"),

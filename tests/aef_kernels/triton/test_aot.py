@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import subprocess_helpers
-from aef_kernels.triton import aot, attention, common, precision, resample, sphere
+from aef_kernels.triton import aot, attention, common, gemm, precision, resample, sphere
 
-MODULES = {m.__name__: m for m in (attention, precision, resample, sphere)}
+# Every module with kernels; gemm's weight-gradient kernel is launched by precision and resample.
+MODULES = {m.__name__: m for m in (attention, precision, resample, sphere, gemm)}
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def test_custom_scale_and_empty_batch(gen, check_close):
 def test_unsupported_inputs_have_reasons():
     """Head dims outside 16/32/64/128 and float64 are refused with a reason naming them."""
     q = torch.zeros(1, 2, 1, 1, 1, 48, device=DEVICE)
-    with pytest.raises(dispatch.BackendUnavailableError, match="head dim 48"):
+    with pytest.raises(dispatch.BackendUnavailableError, match="head dim d = 48"):
         K.axial_time_attention(q, q, q, backend="triton")
     q = torch.zeros(1, 2, 1, 1, 1, 16, device=DEVICE, dtype=torch.float64)
     with pytest.raises(dispatch.BackendUnavailableError, match="float64"):

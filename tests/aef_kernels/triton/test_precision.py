@@ -10,6 +10,7 @@ import torch
 import aef_kernels as K
 from aef_kernels import dispatch
 from aef_kernels.reference import precision as ref
+from aef_kernels.triton import gemm
 from aef_kernels.triton import precision as tri
 
 pytestmark = pytest.mark.usefixtures("poisoned")
@@ -59,7 +60,7 @@ def test_precision_operator_matches_reference(N, H, W, C, G):
 def test_weight_gradient_split_with_tail(monkeypatch):
     """Weight gradients reduced over several pixel ranges, the last running past the final frame,
     equal the reference's (5 frames of 4x8 = five 32-pixel blocks, split in two ranges of three)."""
-    monkeypatch.setattr(tri, "_WGRAD_PROGRAMS", 18)
+    monkeypatch.setattr(gemm, "WGRAD_PROGRAMS", 18)
     x, params = make_inputs(5, 4, 8, 16)
     inputs = [x] + params
     y = K.precision_operator(x, *params, 8, backend="triton")
@@ -146,14 +147,14 @@ def _opcheck_cases():
     x = x.detach().requires_grad_()
     p = [t.detach().requires_grad_() for t in params]
     fwd = (x, *p, 8, 1e-5, True)
-    y, h, z1, mean, rstd = tri._precision_fwd(*(t.detach() if isinstance(t, torch.Tensor) else t for t in fwd))
+    y, h, z1, mean, rstd = tri.precision_operator_fwd(*(t.detach() if isinstance(t, torch.Tensor) else t for t in fwd))
     bwd = (torch.randn_like(y), x.detach(), p[0].detach(), p[1].detach(), p[2].detach(), p[4].detach(), h, z1,
            mean, rstd)
     gn = (x, p[0], p[1], 8, 1e-5, True)
-    gn_out = tri._group_norm_fwd(*(t.detach() if isinstance(t, torch.Tensor) else t for t in gn))
+    gn_out = tri.group_norm_nhwc_fwd(*(t.detach() if isinstance(t, torch.Tensor) else t for t in gn))
     gn_bwd = (torch.randn_like(x), x.detach(), p[0].detach(), p[1].detach(), gn_out[1], gn_out[2], True)
-    return {"precision_fwd": (tri._precision_fwd, fwd), "precision_bwd": (tri._precision_bwd, bwd),
-            "group_norm_fwd": (tri._group_norm_fwd, gn), "group_norm_bwd": (tri._group_norm_bwd, gn_bwd)}
+    return {"precision_fwd": (tri.precision_operator_fwd, fwd), "precision_bwd": (tri.precision_operator_bwd, bwd),
+            "group_norm_fwd": (tri.group_norm_nhwc_fwd, gn), "group_norm_bwd": (tri.group_norm_nhwc_bwd, gn_bwd)}
 
 
 # test_faketensor and test_aot_dispatch_dynamic need a GPU: they run the triton_op body on fake

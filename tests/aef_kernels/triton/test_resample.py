@@ -117,12 +117,12 @@ def _opcheck_cases():
     xs, xt, xp, params = exchange_inputs(1, 1, 2, 2, (16, 16, 16), SOME_BIASES)
     d = [t.detach() for t in (xs, xt, xp)]
     ws = [w.detach() for w in params[0::2]]
-    return {"down_fwd": (tri._down_fwd, (x, wd, b, 2)),
-            "down_bwd": (tri._down_bwd, (y.detach(), x.detach(), wd.detach(), 2)),
-            "up_fwd": (tri._up_fwd, (y, wu, None, 2)),
-            "up_bwd": (tri._up_bwd, (x.detach(), y.detach(), wu.detach(), 2)),
-            "exchange_fwd": (tri._exchange_fwd, (xs, xt, xp, *params)),
-            "exchange_bwd": (tri._exchange_bwd, (*d, *d, *ws))}
+    return {"down_fwd": (tri.resample_down_fwd, (x, wd, b, 2)),
+            "down_bwd": (tri.resample_down_bwd, (y.detach(), x.detach(), wd.detach(), 2)),
+            "up_fwd": (tri.resample_up_fwd, (y, wu, None, 2)),
+            "up_bwd": (tri.resample_up_bwd, (x.detach(), y.detach(), wu.detach(), 2)),
+            "exchange_fwd": (tri.pyramid_exchange_fwd, (xs, xt, xp, *params)),
+            "exchange_bwd": (tri.pyramid_exchange_bwd, (*d, *d, *ws))}
 
 
 @pytest.mark.parametrize("case", ["down_fwd", "down_bwd", "up_fwd", "up_bwd", "exchange_fwd", "exchange_bwd"])
