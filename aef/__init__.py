@@ -1,4 +1,4 @@
-"""AlphaEarth Foundations: the STP encoder model on top of ``aef_kernels`` (see AEF_MODEL.md)."""
+"""AlphaEarth Foundations: the STP encoder model on top of ``aef_kernels`` (see docs/model.md)."""
 
 from .config import PRESETS, AEFConfig
 from .encoder import STPBlock, STPEncoder

@@ -53,7 +53,7 @@ def _positive(text: str) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .config import PRESETS
 
-    p.add_argument("--preset", choices=list(PRESETS), help="model preset (AEF_MODEL.md §2)")
+    p.add_argument("--preset", choices=list(PRESETS), help="model preset (docs/model.md §5)")
     p.add_argument("--override", type=_overrides, default={}, metavar="JSON",
                    help="AEFConfig fields overriding the preset, as a JSON object")
     p.add_argument("--backend", default=None, help="aef_kernels backend (default: automatic)")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="pretrain a model (resumable; multi-GPU with torchrun)",
-                       description="Pretrain AEF with the objective and schedule of AEF_MODEL.md §3. Run under "
+                       description="Pretrain AEF with the objective and schedule of docs/model.md §6-§7. Run under "
                                    "torchrun for DistributedDataParallel (gloo on CPU, nccl on GPU).")
     t.add_argument("--run-dir", type=Path, required=True,
                    help="output folder: checkpoints/, metrics.csv, tensorboard/")
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("embed", help="embed a scene into a 64-band GeoTIFF",
                        description="Embed a scene (a JSON manifest of GeoTIFF frames, or an .npz scene) into a "
-                                   "64-band GeoTIFF (bands A00..A63), tiled as the paper does (AEF_MODEL.md §4).")
+                                   "64-band GeoTIFF (bands A00..A63), tiled as the paper does (docs/model.md §8.2).")
     e.add_argument("scene", nargs="?", type=Path, help="JSON manifest or .npz scene")
     e.add_argument("--out", type=Path, required=True, help="output GeoTIFF")
     e.add_argument("--checkpoint", type=Path,

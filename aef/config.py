@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass, presets as data (AEF_MODEL.md §2)."""
+"""Model configuration: one dataclass, presets as data (docs/model.md §5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Optional
 
 from .sources import INPUT_SOURCES, REGISTRY, TARGET_SOURCES
 
-# (d_p, d_t, d_s, blocks) per preset, exactly the table of AEF_MODEL.md §2.
+# (d_p, d_t, d_s, blocks) per preset, exactly the table of docs/model.md §5.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_p=16, d_t=32, d_s=64, blocks=2),
     "small": dict(d_p=64, d_t=256, d_s=512, blocks=6),

@@ -1,4 +1,4 @@
-"""Embedding a scene into a 64-band GeoTIFF, tiled as the paper does it (AEF_MODEL.md §4).
+"""Embedding a scene into a 64-band GeoTIFF, tiled as the paper does it (docs/model.md §8.2).
 
 The scene is cut into tiles of ``tile`` px (96 = 960 m), each read with ``buffer`` px of context per
 side (16, so the model sees 128 px). The outer ``trim`` px (8) of each output are discarded, so
@@ -177,7 +177,7 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
     """Embed ``scene`` with ``model`` into ``out`` (or, when sharded, into this shard's partial file).
 
     Returns the path written. ``period`` is [start, end) epoch ms (default: the calendar year of the
-    data). ``dtype`` is "int8" (the paper's quantisation, AEF_MODEL.md §4) or "float32". ``tags``
+    data). ``dtype`` is "int8" (the paper's quantisation, docs/model.md §9.1) or "float32". ``tags``
     are added to the raster's (see :func:`model_tags`). The output is a Cloud-Optimized GeoTIFF
     (:mod:`aef.cog`) unless ``cog`` is False.
     """

@@ -1,4 +1,4 @@
-"""The Space-Time-Precision encoder (AEF_MODEL.md §2.3-2.5).
+"""The Space-Time-Precision encoder (docs/model.md §4.2-4.4).
 
 Three paths over the same frames at three resolutions: precision P at L/2 (width d_p), time T at
 L/8 (d_t) and space S at L/16 (d_s). Every kernel-covered op goes through ``aef_kernels`` on the

@@ -1,4 +1,4 @@
-"""Heads on the summary (AEF_MODEL.md §2.6-2.10): x2 upsampling, the vMF mean head, vMF sampling,
+"""Heads on the summary (docs/model.md §4.6-4.9): x2 upsampling, the vMF mean head, vMF sampling,
 implicit decoders and the text adapter."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Normalising and validating the model's calling conventions (AEF_MODEL.md §1).
+"""Normalising and validating the model's calling conventions (docs/model.md §1.2-§1.3).
 
 Every public entry point of :class:`aef.models.AEF` goes through :func:`prepare_inputs`, which turns
 the accepted conventions into one form and raises a ``ValueError``/``TypeError`` naming the argument

@@ -1,4 +1,4 @@
-"""The AEF model (AEF_MODEL.md §2): projectors, STP encoder, summarizer, vMF head, decoders, text adapter.
+"""The AEF model (docs/model.md §4): projectors, STP encoder, summarizer, vMF head, decoders, text adapter.
 
     model = AEF("small")
     emb = model.embed(source_data, timestamps, valid_periods, masks)  # (B, L, L, 64) or (B, Q, L, L, 64)
@@ -183,7 +183,7 @@ class AEF(nn.Module):
                 text: Optional[Mapping[str, torch.Tensor]] = None,
                 generator: Optional[torch.Generator] = None) -> dict:
         """{"embeddings": mu} (shapes as :meth:`embed`). In training mode with ``targets`` (a dict, may
-        be empty) it runs the pretraining objective of AEF_MODEL.md §3 (see
+        be empty) it runs the pretraining objective of docs/model.md §6 (see
         :func:`aef.objective.pretraining_step`) and adds ``teacher_embeddings``,
         ``student_embeddings``, ``reconstructions`` and ``losses`` (every term and ``total``).
 

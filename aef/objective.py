@@ -1,4 +1,4 @@
-"""The training objective (AEF_MODEL.md §3): target selection, student perturbation and the losses.
+"""The training objective (docs/model.md §6): target selection, student perturbation and the losses.
 
 Entry point: :func:`pretraining_step`, called by ``AEF.forward`` in training mode with targets.
 All perturbations are masks, so tensor shapes stay static.

@@ -1,4 +1,4 @@
-"""Source projectors (AEF_MODEL.md §2.2): per-source space-to-depth to L/2, then one time axis."""
+"""Source projectors (docs/model.md §4.1): per-source space-to-depth to L/2, then one time axis."""
 
 from __future__ import annotations
 

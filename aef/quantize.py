@@ -1,4 +1,4 @@
-"""The int8 storage format of AEF embeddings (AEF_MODEL.md §4).
+"""The int8 storage format of AEF embeddings (docs/model.md §9.1).
 
 Each of the 64 dimensions of a unit embedding is stored as one signed byte::
 

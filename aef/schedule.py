@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (AEF_MODEL.md §3): Adam, linear warm-up over the first 1% of
+"""Optimiser and learning-rate schedule (docs/model.md §7): Adam, linear warm-up over the first 1% of
 steps to the peak, then linear decay to 0."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The source registry (AEF_MODEL.md §1): one row per source; adding a source is adding a row."""
+"""The source registry (docs/model.md §1.1): one row per source; adding a source is adding a row."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The summarizer (AEF_MODEL.md §2.6): attention pooling along time, one query per summary period."""
+"""The summarizer (docs/model.md §4.5): attention pooling along time, one query per summary period."""
 
 from __future__ import annotations
 

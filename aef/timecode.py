@@ -1,4 +1,4 @@
-"""Continuous timecodes from epoch milliseconds (AEF_MODEL.md §2.1).
+"""Continuous timecodes from epoch milliseconds (docs/model.md §3).
 
 Everything runs in float64 and is cast at the end: epoch-ms in float32 loses about two minutes, and
 sinusoids of raw epoch-ms with growing frequencies are noise (trap §5). Periods are in days, spaced

@@ -1,4 +1,4 @@
-"""Pretraining loop behind ``aef train`` (AEF_MODEL.md §3).
+"""Pretraining loop behind ``aef train`` (docs/model.md §7).
 
 - Data: the synthetic generator or a folder of ``.npz`` samples (``aef.data``), batched by
   :class:`StepBatches`, which maps every global step to a fixed set of sample indices, so that a

@@ -5,7 +5,7 @@
     with K.use_backend("reference"):
         ...
 
-See KERNELS.md for the API; ``python -m aef_kernels.info`` shows which backends can run here.
+See docs/kernels.md §2 for the API; ``python -m aef_kernels.info`` shows which backends can run here.
 """
 
 from ._version import __version__

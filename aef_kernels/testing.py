@@ -1,7 +1,7 @@
 """The accuracy rule and the memory poisoning that the test suite and ``benchmarks/gpu_check.py`` share,
 so that a GPU check judges the kernels exactly as the tests do.
 
-The rule (KERNELS.md §5): a kernel's error against a float64 reference is at most ``factor`` times
+The rule (docs/kernels.md §8.6): a kernel's error against a float64 reference is at most ``factor`` times
 the error of the reference run in the same low precision (2 for outputs, 3 for gradients), plus a
 floor of one machine epsilon of ``dtype`` at ``scale`` (so that a reference that happens to be exact
 does not demand an exact kernel). ``scale`` defaults to the result's largest magnitude; where the

@@ -1,4 +1,4 @@
-"""Timing, statistics, peak memory and device ceilings shared by every benchmark (KERNELS.md §7).
+"""Timing, statistics, peak memory and device ceilings shared by every benchmark (docs/kernels.md §7).
 
 On a GPU each call is timed with a pair of CUDA events after warm-up; on CPU with the wall clock.
 A call cycles through several input sets whose total size exceeds the last cache that would

@@ -1,7 +1,7 @@
 """CUDA backend of ``group_norm_nhwc`` and ``precision_operator`` (csrc/group_norm.cu).
 
 ``group_norm_nhwc`` is one custom op with its own backward op: Welford statistics per (frame, group)
-in float32 and the normalisation with GELU fused into its apply pass (KERNELS.md §4).
+in float32 and the normalisation with GELU fused into its apply pass (docs/kernels.md §6.2).
 
 ``precision_operator`` is that GroupNorm op around PyTorch's cuDNN convolutions on channels_last
 views, x + conv2(GELU(conv1(GN(x)))): the convolutions, their biases, the GELU between them and the

@@ -1,4 +1,4 @@
-"""Triton axial time attention, forward and backward (KERNELS.md §4).
+"""Triton axial time attention, forward and backward (docs/kernels.md §6.1).
 
 A *sequence* is one (b, h, w, head): its queries and keys are the frames of one pixel and head. q, k
 and v are read in place from their (B, T, H, W, heads, d) strides (slices of one fused QKV tensor

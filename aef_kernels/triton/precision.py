@@ -416,7 +416,7 @@ def group_norm_nhwc(x, weight, bias, num_groups, eps, activation):
 # Ahead-of-time compilation: every configuration the launchers above can pick.
 
 def _groups(c: int) -> int:
-    """The model's group count (AEF_MODEL.md §2 item 4): 32, or C/2 below 64 channels."""
+    """The model's group count (docs/model.md §4.3): 32, or C/2 below 64 channels."""
     return 32 if c >= 64 else c // 2
 
 

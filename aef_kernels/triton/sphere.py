@@ -1,4 +1,4 @@
-"""Triton sphere ops: vMF-mean normalisation and the batch-uniformity loss (KERNELS.md §4).
+"""Triton sphere ops: vMF-mean normalisation and the batch-uniformity loss (docs/kernels.md §6.4).
 
 Both are memory bound, so each direction is one pass over the data:
 

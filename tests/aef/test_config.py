@@ -4,7 +4,7 @@ import pytest
 
 from aef.config import PRESETS, AEFConfig
 
-TABLE = {  # AEF_MODEL.md §2
+TABLE = {  # docs/model.md §5
     "tiny": (16, 32, 64, 2),
     "small": (64, 256, 512, 6),
     "base": (96, 384, 768, 8),

@@ -1,4 +1,4 @@
-"""aef embed: scene in, 64-band embedding GeoTIFF out, tiled as the paper does (AEF_MODEL.md §4)."""
+"""aef embed: scene in, 64-band embedding GeoTIFF out, tiled as the paper does (docs/model.md §8.2 and §9.2)."""
 
 import json
 

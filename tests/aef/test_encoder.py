@@ -1,4 +1,4 @@
-"""aef.encoder: the STP block and encoder (AEF_MODEL.md §2.3-2.5)."""
+"""aef.encoder: the STP block and encoder (docs/model.md §4.2-4.4)."""
 
 import pytest
 import torch

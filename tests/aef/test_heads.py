@@ -1,4 +1,4 @@
-"""aef.heads: upsampling, vMF head and sampling, decoders, text adapter (AEF_MODEL.md §2.6-2.10)."""
+"""aef.heads: upsampling, vMF head and sampling, decoders, text adapter (docs/model.md §4.6-4.9)."""
 
 import pytest
 import torch

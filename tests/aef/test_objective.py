@@ -1,4 +1,4 @@
-"""aef.objective: target selection, student perturbation and loss terms (AEF_MODEL.md §3)."""
+"""aef.objective: target selection, student perturbation and loss terms (docs/model.md §6)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""aef.quantize: the paper's int8 code for embeddings (AEF_MODEL.md §4)."""
+"""aef.quantize: the paper's int8 code for embeddings (docs/model.md §9.1)."""
 
 import numpy as np
 import pytest

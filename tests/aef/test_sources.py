@@ -1,4 +1,4 @@
-"""aef.sources: the registry holds the table of AEF_MODEL.md §1."""
+"""aef.sources: the registry holds the table of docs/model.md §1.1."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""aef.summarizer: attention pooling along time, one query per period (AEF_MODEL.md §2.6)."""
+"""aef.summarizer: attention pooling along time, one query per period (docs/model.md §4.5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""aef.timecode: continuous float64 timecodes (AEF_MODEL.md §2.1 and trap §5)."""
+"""aef.timecode: continuous float64 timecodes (docs/model.md §3)."""
 
 import pytest
 import torch

@@ -29,7 +29,7 @@ def poisoned():
 
 @pytest.fixture
 def within_reference_error():
-    """KERNELS.md §5, as aef_kernels.testing states it (shared with benchmarks/gpu_check.py):
+    """docs/kernels.md §8.6, as aef_kernels.testing states it (shared with benchmarks/gpu_check.py):
     ``check(what, out, low, exact, factor, dtype, scale=None)`` fails unless the kernel's error
     against float64 is at most ``factor`` times the low-precision reference's, plus one epsilon."""
     return testing.check_within_reference_error

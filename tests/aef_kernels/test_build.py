@@ -1,6 +1,6 @@
 """The compiled extension aef_kernels._C: it imports, its build metadata tells the truth about this
 machine, and a CUDA build's ptxas report covers every kernel for every arch with no spills in hot
-kernels (KERNELS.md, Build and Testing without a GPU)."""
+kernels (docs/kernels.md §8.7 and §9)."""
 
 from __future__ import annotations
 

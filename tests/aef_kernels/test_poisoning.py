@@ -1,6 +1,6 @@
 """Input poisoning: NaN and Inf put into the inputs of every op, on every backend.
 
-The promise checked here (KERNELS.md, "Non-finite inputs"):
+The promise checked here (docs/kernels.md §2.6):
 
 - a non-finite value at a *masked* position (a key/value frame whose mask is False, or any frame of
   a sequence whose keys are all masked: its q and upstream gradient included) never reaches any

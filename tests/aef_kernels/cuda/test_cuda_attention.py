@@ -1,6 +1,6 @@
 """The cuda backend of axial_time_attention: argument checks of its launchers, its torch.library ops
 and dispatch reasons (all without a GPU), and parity with the reference on a GPU (`-m gpu`) under
-the rule of KERNELS.md §5: the kernel's error against a float64 reference is at most 2x (forward) or
+the rule of docs/kernels.md §8.6: the kernel's error against a float64 reference is at most 2x (forward) or
 3x (gradients) the error of the reference run in the same precision, plus eps of the dtype."""
 
 from __future__ import annotations

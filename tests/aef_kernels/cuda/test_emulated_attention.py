@@ -1,6 +1,6 @@
 """The CUDA axial-attention kernels (csrc/axial_attention*.cu, compiled unchanged by g++) run on the
 CPU through the SIMT emulator and are compared with float64 references under the suite's error rule
-(KERNELS.md §5): forward, lse and all three gradients, with masks of both shapes, fully masked
+(docs/kernels.md §8.6): forward, lse and all three gradients, with masks of both shapes, fully masked
 sequences, NaN stored at masked keys, strided and misaligned operands, more than 65,535 sequences and
 input offsets past 2^31 elements. Every case runs the forward and the backward under two fiber
 schedules and requires bitwise-equal results."""

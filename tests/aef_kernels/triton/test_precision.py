@@ -159,7 +159,7 @@ def _opcheck_cases():
 
 # test_faketensor and test_aot_dispatch_dynamic need a GPU: they run the triton_op body on fake
 # tensors, and the Triton interpreter dereferences the storage of every tensor argument ("Attempted to
-# set the storage of a tensor on device meta to a storage on ... cpu"); KERNELS.md §3.
+# set the storage of a tensor on device meta to a storage on ... cpu"); docs/kernels.md §5.
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration") + (
     ("test_faketensor", "test_aot_dispatch_dynamic") if torch.cuda.is_available() else ())
 
