@@ -62,11 +62,35 @@ struct Chunk {
   int64_t n, offset, npix;  // frame, element offset of the chunk's first pixel, pixel count
 };
 
-__device__ __forceinline__ Chunk chunk_of(int64_t w, const Shape& s) {
-  const int64_t n = w / s.chunks;
-  const int64_t p0 = (w - n * s.chunks) * s.chunk_pixels;
-  return {n, (n * s.HW + p0) * s.C, min(s.chunk_pixels, s.HW - p0)};
+// The group of channel c of frame n: channels are counted in int32 (check_shape bounds C), which
+// keeps the 64-bit division subroutine, and the registers it saves, out of the kernels.
+__device__ __forceinline__ int64_t group_of(int64_t n, int64_t c, const Shape& s) {
+  return n * s.G + static_cast<int>(c) / static_cast<int>(s.CG);
 }
+
+// The chunks w = blockIdx.x, blockIdx.x + gridDim.x, ... of a grid-stride loop, walked as (frame,
+// chunk) pairs. The divisions happen once, before the loop: a 64-bit division is a subroutine call,
+// and inside the loop the registers live across it would spill. Uniform over the block, so loops
+// with barriers may use it.
+struct ChunkWalk {
+  int64_t n, c, dn, dc;
+  __device__ __forceinline__ explicit ChunkWalk(const Shape& s)
+      : n(blockIdx.x / s.chunks), c(blockIdx.x % s.chunks), dn(gridDim.x / s.chunks), dc(gridDim.x % s.chunks) {}
+  __device__ __forceinline__ bool more(const Shape& s) const { return n < s.N; }
+  __device__ __forceinline__ void next(const Shape& s) {
+    n += dn;
+    c += dc;
+    if (c >= s.chunks) {
+      c -= s.chunks;
+      ++n;
+    }
+  }
+  __device__ __forceinline__ int64_t index(const Shape& s) const { return n * s.chunks + c; }
+  __device__ __forceinline__ Chunk chunk(const Shape& s) const {
+    const int64_t p0 = c * s.chunk_pixels;
+    return {n, (n * s.HW + p0) * s.C, min(s.chunk_pixels, s.HW - p0)};
+  }
+};
 
 // ---- forward ------------------------------------------------------------------------------------
 
@@ -81,8 +105,8 @@ __global__ void __launch_bounds__(kThreads)
   const int slot = (ty * TX + tx) * VEC;
   const int64_t packs = s.C / VEC;
   // Both loop bounds are uniform over the block, so every thread reaches the barriers.
-  for (int64_t w = blockIdx.x; w < s.N * s.chunks; w += gridDim.x) {
-    const Chunk ch = chunk_of(w, s);
+  for (ChunkWalk walk(s); walk.more(s); walk.next(s)) {
+    const Chunk ch = walk.chunk(s);
     for (int64_t k0 = 0; k0 < packs; k0 += TX) {
       const int64_t k = k0 + tx;
       // Sums of x - K and (x - K)^2 with K the channel's value at the chunk's first pixel, shared
@@ -123,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         const float n = static_cast<float>(ch.npix);
-        float2* out = partials + w * s.C + k * VEC;
+        float2* out = partials + walk.index(s) * s.C + k * VEC;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           const float d = s1[i] / n;  // mean - K
@@ -179,16 +203,19 @@ __global__ void __launch_bounds__(kThreads)
                          int apply_gelu) {
   using P = Pack<T, VEC>;
   const int64_t packs = s.C / VEC;
-  for (int64_t w = blockIdx.x; w < s.N * s.chunks; w += gridDim.x) {
-    const Chunk ch = chunk_of(w, s);
+  for (ChunkWalk walk(s); walk.more(s); walk.next(s)) {
+    const Chunk ch = walk.chunk(s);
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      float a[VEC], b[VEC];  // y = x * a + b before the activation
+      // y = act((x - mean) a + beta): x - mean first, so that a constant group (rstd = 1/sqrt(eps))
+      // gives exactly beta, where x a + (beta - mean a) would leave the rounding of two large terms.
+      float mu[VEC], a[VEC], b[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int64_t c = k * VEC + i;
-        const int64_t ng = ch.n * s.G + c / s.CG;
+        const int64_t ng = group_of(ch.n, c, s);
+        mu[i] = mean[ng];
         a[i] = rstd[ng] * gamma[c];
-        b[i] = fmaf(-mean[ng], a[i], beta[c]);
+        b[i] = beta[c];
       }
       for (int64_t p = threadIdx.y; p < ch.npix; p += blockDim.y) {
         const int64_t off = ch.offset + p * s.C + k * VEC;
@@ -196,7 +223,7 @@ __global__ void __launch_bounds__(kThreads)
         P o;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-          const float z = fmaf(to_float(v.v[i]), a[i], b[i]);
+          const float z = fmaf(to_float(v.v[i]) - mu[i], a[i], b[i]);
           o.v[i] = from_float<T>(apply_gelu ? gelu(z) : z);
         }
         *reinterpret_cast<P*>(y + off) = o;
@@ -220,26 +247,26 @@ __global__ void __launch_bounds__(kThreads)
   const int slot = (ty * TX + tx) * VEC;
   const int64_t packs = s.C / VEC;
   // Both loop bounds are uniform over the block, so every thread reaches the barriers.
-  for (int64_t w = blockIdx.x; w < s.N * s.chunks; w += gridDim.x) {
-    const Chunk ch = chunk_of(w, s);
+  for (ChunkWalk walk(s); walk.more(s); walk.next(s)) {
+    const Chunk ch = walk.chunk(s);
     for (int64_t k0 = 0; k0 < packs; k0 += TX) {
       const int64_t k = k0 + tx;
       float sd[VEC], sdx[VEC];  // sums of d and d * xhat
 #pragma unroll
       for (int i = 0; i < VEC; ++i) sd[i] = sdx[i] = 0.f;
       if (k < packs) {
-        // The pre-activation z = x a + zb exactly as the forward and group_norm_bwd_apply form it:
-        // d must be bitwise the same here and there, or a large rstd (a near-constant group) would
-        // amplify the difference between the group means taken here and the d they are taken from.
-        float mu[VEC], rs[VEC], a[VEC], zb[VEC];
+        // The pre-activation z = (x - mean) a + beta exactly as the forward and group_norm_bwd_apply
+        // form it: d must be bitwise the same here and there, or a large rstd (a near-constant group)
+        // would amplify the difference between the group means taken here and the d they are taken from.
+        float mu[VEC], rs[VEC], a[VEC], bt[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           const int64_t c = k * VEC + i;
-          const int64_t ng = ch.n * s.G + c / s.CG;
+          const int64_t ng = group_of(ch.n, c, s);
           mu[i] = mean[ng];
           rs[i] = rstd[ng];
           a[i] = rs[i] * gamma[c];
-          zb[i] = fmaf(-mu[i], a[i], beta[c]);
+          bt[i] = beta[c];
         }
         for (int64_t p = ty; p < ch.npix; p += TY) {
           const int64_t off = ch.offset + p * s.C + k * VEC;
@@ -250,7 +277,7 @@ __global__ void __launch_bounds__(kThreads)
             const float xf = to_float(xv.v[i]);
             const float xhat = (xf - mu[i]) * rs[i];
             const float g = to_float(gv.v[i]);
-            const float d = apply_gelu ? g * gelu_grad(fmaf(xf, a[i], zb[i])) : g;
+            const float d = apply_gelu ? g * gelu_grad(fmaf(xf - mu[i], a[i], bt[i])) : g;
             sd[i] += d;
             sdx[i] = fmaf(d, xhat, sdx[i]);
           }
@@ -271,7 +298,7 @@ __global__ void __launch_bounds__(kThreads)
             sdx[i] += sh_dx[other + i];
           }
         }
-        float2* out = partials + w * s.C + k * VEC;
+        float2* out = partials + walk.index(s) * s.C + k * VEC;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) out[i] = make_float2(sd[i], sdx[i]);
       }
@@ -348,22 +375,24 @@ __global__ void __launch_bounds__(kThreads)
                          const float2* __restrict__ coef, T* __restrict__ dx, Shape s, int apply_gelu) {
   using P = Pack<T, VEC>;
   const int64_t packs = s.C / VEC;
-  for (int64_t w = blockIdx.x; w < s.N * s.chunks; w += gridDim.x) {
-    const Chunk ch = chunk_of(w, s);
+  for (ChunkWalk walk(s); walk.more(s); walk.next(s)) {
+    const Chunk ch = walk.chunk(s);
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      // Per channel, with xhat = (x - mean) rstd: the pre-activation z = x a + zb (as in the forward
-      // and group_norm_bwd_partials), and dx = rstd (gamma d - ca - xhat cb) = a d + bx x + k0.
-      float a[VEC], zb[VEC], bx[VEC], k0[VEC];
+      // Per channel, with xhat = (x - mean) rstd: the pre-activation z = (x - mean) a + beta (as in
+      // the forward and group_norm_bwd_partials), and dx = rstd (gamma d - ca - xhat cb)
+      // = a d + bx (x - mean) + k0.
+      float mu[VEC], a[VEC], bt[VEC], bx[VEC], k0[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int64_t c = k * VEC + i;
-        const int64_t ng = ch.n * s.G + c / s.CG;
-        const float mu = mean[ng], rs = rstd[ng];
+        const int64_t ng = group_of(ch.n, c, s);
+        const float rs = rstd[ng];
         const float2 cf = coef[ng];
+        mu[i] = mean[ng];
         a[i] = rs * gamma[c];
-        zb[i] = fmaf(-mu, a[i], beta[c]);
+        bt[i] = beta[c];
         bx[i] = -rs * rs * cf.y;
-        k0[i] = fmaf(-rs, cf.x, -mu * bx[i]);
+        k0[i] = -rs * cf.x;
       }
       for (int64_t p = threadIdx.y; p < ch.npix; p += blockDim.y) {
         const int64_t off = ch.offset + p * s.C + k * VEC;
@@ -374,8 +403,9 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < VEC; ++i) {
           const float xf = to_float(xv.v[i]);
           const float g = to_float(gv.v[i]);
-          const float d = apply_gelu ? g * gelu_grad(fmaf(xf, a[i], zb[i])) : g;
-          o.v[i] = from_float<T>(fmaf(a[i], d, fmaf(bx[i], xf, k0[i])));
+          const float xc = xf - mu[i];
+          const float d = apply_gelu ? g * gelu_grad(fmaf(xc, a[i], bt[i])) : g;
+          o.v[i] = from_float<T>(fmaf(a[i], d, fmaf(bx[i], xc, k0[i])));
         }
         *reinterpret_cast<P*>(dx + off) = o;
       }
@@ -398,6 +428,7 @@ int check_shape(int64_t N, int64_t HW, int64_t C, int64_t G) {
   if (N <= 0 || HW <= 0 || C <= 0 || G <= 0) return kBadSize;
   if (HW > kMaxElements / C / N) return kBadSize;
   if (C % G != 0) return kBadGroups;
+  if (C > INT32_MAX) return kTooLarge;  // channel indices are int32 in the kernels (group_of)
   return kOk;
 }
 

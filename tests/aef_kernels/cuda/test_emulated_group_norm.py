@@ -77,17 +77,8 @@ def test_group_norm_matches_float64_reference(emu, dtype, N, HW, C, G, offset, g
     emulator.PASSED["group_norm"] += 1
 
 
-# A known defect, kept visible: the apply kernels form the pre-activation as x a + (beta - mean a),
-# whose two large terms cancel in a constant group (rstd = 1/sqrt(eps)); in bfloat16 (where the
-# near-constant group rounds to a constant one) GELU' of that z makes dbeta 25x the rule's bound.
-# Forming (x - mean) a + beta instead fixes it but made group_norm_bwd_apply<T, 1> spill on sm_90.
-_Z_CANCELLATION = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                    reason="dbeta of a constant bfloat16 group under GELU: z = x a + zb cancels")
-
-
 @pytest.mark.parametrize("dtype,gelu", [
-    pytest.param(dt, gelu, id=f"{str(dt)[6:]}-gelu{int(gelu)}", marks=[_Z_CANCELLATION] if dt == BF16 and gelu else [])
-    for dt in (F32, F16, BF16) for gelu in (False, True)])
+    pytest.param(dt, gelu, id=f"{str(dt)[6:]}-gelu{int(gelu)}") for dt in (F32, F16, BF16) for gelu in (False, True)])
 def test_group_norm_of_constant_and_near_constant_groups(emu, dtype, gelu, within_reference_error):
     """A group whose values are all equal (variance 0: rstd = 1/sqrt(eps)) and one with a spread of
     1e-3 around 3 (a large rstd that amplifies any inconsistency between the statistics and the
