@@ -9,8 +9,9 @@ registered from its spec and runs on any device and float dtype.
 
 Selection, in order of precedence: the ``backend=`` argument of a call, the innermost
 :func:`use_backend` context, the ``AEF_KERNELS_BACKEND`` environment variable (read once, at
-import), then ``"auto"``. ``auto`` walks :data:`AUTO_PRIORITY` for the inputs' device type and takes
-the first backend with no reasons; a backend that was asked for by name raises
+import), then ``"auto"``. ``auto`` walks :func:`auto_order` (the :data:`AUTO_PRIORITY` table on
+CUDA, the reference elsewhere) for the inputs' device type and dtype and takes the first backend
+with no reasons; a backend that was asked for by name raises
 :class:`BackendUnavailableError` listing every reason instead of falling back. Implementations
 receive the op's validated inputs by name (the fields of its inputs record).
 
@@ -24,13 +25,13 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
 from .checks import FLOAT_DTYPES
 from .ops import BY_NAME, SPECS
-from .spec import Capability, tensors
+from .spec import Capability
 
 _log = logging.getLogger("aef_kernels")
 
@@ -38,12 +39,48 @@ OPS = tuple(spec.name for spec in SPECS)
 BACKENDS = ("reference", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
 
-# Per op and device type, the order in which ``auto`` tries backends. The `cuda` backend is absent
-# on purpose: it is selected only by name until its kernels have been verified on a GPU.
-AUTO_PRIORITY: dict[str, dict[str, tuple[str, ...]]] = {
-    op: {"cuda": ("triton", "reference"), "cpu": ("reference",)} for op in OPS
+# The order in which ``auto`` tries backends on CUDA tensors, per op and activation dtype (None: the
+# other dtypes), with what each entry rests on. No GPU timing exists yet, so every entry rests on the
+# compiled code and the cost floors (benchmarks/notes/perf_contract.md), not on a measurement. The
+# `cuda` backend is absent on purpose: it is selected only by name until its kernels have been
+# verified on a GPU. Every other device type runs the reference.
+_TRITON_FIRST = ("triton", "reference")
+_REFERENCE_FIRST = ("reference", "triton")
+AUTO_PRIORITY: dict[str, dict[Optional[torch.dtype], tuple[str, ...]]] = {
+    # One pass per direction reading q, k, v in place, the T x T scores kept on chip, tensor-core dots
+    # in every dtype (tf32x3 for float32); the reference first copies q, k, v into SDPA's layout.
+    "axial_time_attention": {None: _TRITON_FIRST},
+    # 16-bit: tensor-core implicit GEMMs with GroupNorm, GELU and the residual fused, so the 4C
+    # intermediate is written once instead of written and read by separate kernels. float32: the
+    # Triton convolutions multiply with FMA (input_precision "ieee"), cuDNN's float32 convolutions use
+    # TF32 tensor cores by default, an ~8x higher matrix rate on compute-bound shapes.
+    "precision_operator": {torch.float32: _REFERENCE_FIRST, None: _TRITON_FIRST},
+    # Memory bound: statistics and the GELU'd output in two passes over x; the reference converts to
+    # float32, normalises and applies GELU as separate passes.
+    "group_norm_nhwc": {None: _TRITON_FIRST},
+    # GEMMs over the space-to-depth view read in place (no im2col copy), bias fused; in float32 both
+    # multiply with FMA (cuBLAS keeps TF32 off by default).
+    "resample_down": {None: _TRITON_FIRST},
+    # The 1x1 map at low resolution and the bilinear gather in one pass; the reference writes and
+    # re-reads the interpolated map.
+    "resample_up": {None: _TRITON_FIRST},
+    # Each of the three sums written once by one pass; the reference runs six resamplings and adds.
+    "pyramid_exchange": {None: _TRITON_FIRST},
+    # Memory bound, one pass per direction in both backends; the Triton pass keeps the norms on chip.
+    "vmf_normalize": {None: _TRITON_FIRST},
+    # One pass writing the dots and per-program partial sums; the reference materialises the rolled
+    # copy of u.
+    "batch_uniformity_loss": {None: _TRITON_FIRST},
 }
-_FALLBACK_PRIORITY = ("reference",)
+_OTHER_DEVICES = ("reference",)
+
+
+def auto_order(op: str, device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """The backends ``auto`` tries, in order, for ``op`` on tensors of this device type and dtype."""
+    if device_type != "cuda":
+        return _OTHER_DEVICES
+    table = AUTO_PRIORITY[op]
+    return table.get(dtype, table[None])
 
 
 class BackendUnavailableError(RuntimeError):
@@ -137,10 +174,10 @@ def not_supported_reasons(op: str, backend: str, *args) -> list[str]:
     return reasons
 
 
-def _device_type(inputs: NamedTuple) -> str:
-    for _, t in tensors(inputs):
-        return t.device.type
-    return "cpu"
+def _device_and_dtype(op: str, inputs: NamedTuple) -> tuple[str, torch.dtype]:
+    """The device type of the inputs and the dtype of the op's first activation."""
+    t = getattr(inputs, BY_NAME[op].activations[0])
+    return t.device.type, t.dtype
 
 
 def select(op: str, inputs, backend: str | None = None) -> Implementation:
@@ -156,7 +193,7 @@ def select(op: str, inputs, backend: str | None = None) -> Implementation:
             )
         return _REGISTRY[op][name]
     tried = []
-    for candidate in AUTO_PRIORITY[op].get(_device_type(inputs), _FALLBACK_PRIORITY):
+    for candidate in auto_order(op, *_device_and_dtype(op, inputs)):
         reasons = not_supported_reasons(op, candidate, inputs)
         if not reasons:
             return _REGISTRY[op][candidate]

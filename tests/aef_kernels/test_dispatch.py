@@ -90,3 +90,18 @@ def test_register_rejects_unknown_names():
         dispatch.register("softmax", "triton", dispatch.REFERENCE_CAPABILITY)
     with pytest.raises(ValueError, match="unknown backend"):
         dispatch.register("vmf_normalize", "metal", dispatch.REFERENCE_CAPABILITY)
+
+
+def test_auto_priority_covers_every_op_and_keeps_slow_paths_second():
+    """auto's CUDA table has an entry for every op with a default order naming only registered
+    backends (never the unverified cuda one); float32 precision_operator, whose Triton convolutions
+    multiply with FMA while cuDNN uses TF32 tensor cores, keeps the reference first; other devices
+    run the reference."""
+    assert set(dispatch.AUTO_PRIORITY) == set(dispatch.OPS)
+    for op, table in dispatch.AUTO_PRIORITY.items():
+        assert None in table
+        for order in table.values():
+            assert "cuda" not in order and set(order) <= set(dispatch.registered_backends(op)) | {"triton"}
+    assert dispatch.auto_order("precision_operator", "cuda", torch.float32)[0] == "reference"
+    assert dispatch.auto_order("precision_operator", "cuda", torch.bfloat16)[0] == "triton"
+    assert dispatch.auto_order("vmf_normalize", "cpu", torch.bfloat16) == ("reference",)

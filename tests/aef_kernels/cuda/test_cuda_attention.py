@@ -178,7 +178,8 @@ def test_reasons_name_dtype_head_dim_and_frame_limit():
 
 
 def test_auto_never_selects_the_unverified_cuda_backend():
-    assert all("cuda" not in order for order in dispatch.AUTO_PRIORITY["axial_time_attention"].values())
+    assert all("cuda" not in dispatch.auto_order("axial_time_attention", device, dtype)
+               for device in ("cuda", "cpu") for dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
 # ---- GPU parity ------------------------------------------------------------------------------------------

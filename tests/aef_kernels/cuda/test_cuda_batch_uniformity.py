@@ -42,7 +42,8 @@ def test_reasons_name_unsupported_dtype_and_strided_last_dim():
 
 
 def test_auto_never_selects_the_unverified_cuda_backend():
-    assert all("cuda" not in order for order in dispatch.AUTO_PRIORITY["batch_uniformity_loss"].values())
+    assert all("cuda" not in dispatch.auto_order("batch_uniformity_loss", device, dtype)
+               for device in ("cuda", "cpu") for dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
 # ---- GPU -------------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def test_reasons_name_an_unsupported_dtype():
 
 @pytest.mark.parametrize("op", ["group_norm_nhwc", "precision_operator"])
 def test_auto_never_selects_the_unverified_cuda_backend(op):
-    assert all("cuda" not in order for order in dispatch.AUTO_PRIORITY[op].values())
+    assert all("cuda" not in dispatch.auto_order(op, device, dtype)
+               for device in ("cuda", "cpu") for dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
 def test_workspace_size_reports_bad_sizes_and_bounds_valid_ones():
