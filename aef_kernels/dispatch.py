@@ -52,14 +52,14 @@ AUTO_PRIORITY: dict[str, dict[Optional[torch.dtype], tuple[str, ...]]] = {
     "axial_time_attention": {None: _TRITON_FIRST},
     # 16-bit: tensor-core implicit GEMMs with GroupNorm, GELU and the residual fused, so the 4C
     # intermediate is written once instead of written and read by separate kernels. float32: the
-    # Triton convolutions multiply with FMA (input_precision "ieee"), cuDNN's float32 convolutions use
-    # TF32 tensor cores by default, an ~8x higher matrix rate on compute-bound shapes.
+    # Triton convolutions run tf32x3 (three TF32 passes, float32 accuracy) where cuDNN's float32
+    # convolutions run one TF32 pass by default: ~3x the matrix work on compute-bound shapes.
     "precision_operator": {torch.float32: _REFERENCE_FIRST, None: _TRITON_FIRST},
     # Memory bound: statistics and the GELU'd output in two passes over x; the reference converts to
     # float32, normalises and applies GELU as separate passes.
     "group_norm_nhwc": {None: _TRITON_FIRST},
-    # GEMMs over the space-to-depth view read in place (no im2col copy), bias fused; in float32 both
-    # multiply with FMA (cuBLAS keeps TF32 off by default).
+    # GEMMs over the space-to-depth view read in place (no im2col copy), bias fused; in float32 on
+    # tensor cores (tf32x3) where cuBLAS multiplies with FMA (TF32 off by default).
     "resample_down": {None: _TRITON_FIRST},
     # The 1x1 map at low resolution and the bilinear gather in one pass; the reference writes and
     # re-reads the interpolated map.

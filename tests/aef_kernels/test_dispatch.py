@@ -95,7 +95,7 @@ def test_register_rejects_unknown_names():
 def test_auto_priority_covers_every_op_and_keeps_slow_paths_second():
     """auto's CUDA table has an entry for every op with a default order naming only registered
     backends (never the unverified cuda one); float32 precision_operator, whose Triton convolutions
-    multiply with FMA while cuDNN uses TF32 tensor cores, keeps the reference first; other devices
+    do three TF32 passes where cuDNN does one, keeps the reference first; other devices
     run the reference."""
     assert set(dispatch.AUTO_PRIORITY) == set(dispatch.OPS)
     for op, table in dispatch.AUTO_PRIORITY.items():
