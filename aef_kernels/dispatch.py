@@ -43,7 +43,8 @@ CHOICES = BACKENDS + ("auto",)
 # other dtypes), with what each entry rests on. No GPU timing exists yet, so every entry rests on the
 # compiled code and the cost floors (benchmarks/notes/perf_contract.md), not on a measurement. The
 # `cuda` backend is absent on purpose: it is selected only by name until its kernels have been
-# verified on a GPU. Every other device type runs the reference.
+# verified on a GPU. An op without an entry (no evidence yet) and every other device type run the
+# reference.
 _TRITON_FIRST = ("triton", "reference")
 _REFERENCE_FIRST = ("reference", "triton")
 AUTO_PRIORITY: dict[str, dict[Optional[torch.dtype], tuple[str, ...]]] = {
@@ -77,9 +78,9 @@ _OTHER_DEVICES = ("reference",)
 
 def auto_order(op: str, device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
     """The backends ``auto`` tries, in order, for ``op`` on tensors of this device type and dtype."""
-    if device_type != "cuda":
+    table = AUTO_PRIORITY.get(op) if device_type == "cuda" else None
+    if table is None:
         return _OTHER_DEVICES
-    table = AUTO_PRIORITY[op]
     return table.get(dtype, table[None])
 
 
