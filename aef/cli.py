@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -174,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: Optional[str]):
+def parse_device(name: Optional[str]):
+    """``--device`` of any command as a torch.device (None: cuda if available, else cpu), or a
+    ValueError saying what is wrong with it."""
     import torch
 
     if name is None:
@@ -248,30 +253,47 @@ def cmd_embed(args) -> int:
     period = None
     if args.period:
         period = (parse_time(args.period[0], "--period START"), parse_time(args.period[1], "--period END"))
-    device = _device(args.device)
+    device = parse_device(args.device)
     if device.type == "cuda" and args.device is None and args.shard == "auto":
         import os
 
-        device = _device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+        device = parse_device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     with open_scene(args.scene, **_scene_options(args)) as scene:
-        model = _embed_model(args, device, scene)
-        from .embed import default_period, model_tags, year_layout_path
+        from .embed import check_output, default_period, model_tags, year_layout_path
 
         out = args.out
         if args.year_layout:
+            if args.out.exists() and not args.out.is_dir():
+                raise SceneError(f"--out {args.out}: with --year-layout, --out is a folder; this is a file")
             out = year_layout_path(args.out, args.scene, period or default_period(scene))
-            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SceneError(f"--out {args.out}: cannot create the folder {out.parent} ({e.strerror or e})") \
+                    from None
+        # Before the model and the statistics: nothing is computed for an output that cannot be written.
+        check_output(out, [*scene.inputs, *_model_files(args)], (index, count))
+        model = _embed_model(args, device, scene)
         tags = model_tags(model, None if args.checkpoint else args.preset,
                           str(args.checkpoint) if args.checkpoint else None)
         written = embed_scene(model, scene, out, period=period, tiling=tiling, dtype=args.dtype,
                               batch=args.batch, device=device, shard=(index, count), progress=progress, tags=tags)
     if count > 1 and args.shard == "auto":
-        _merge_after_all_ranks(args.out, count, index, progress)
+        _merge_after_all_ranks(out, count, index, progress)
     elif count > 1:
-        print(f"{written}\nwhen all {count} shards are done: aef embed --merge --out {args.out}", file=sys.stderr)
+        print(f"{written}\nwhen all {count} shards are done: aef embed --merge --out {out}", file=sys.stderr)
     else:
         print(written)
     return 0
+
+
+def _model_files(args) -> list[Path]:
+    """The files the model of ``aef embed`` is read from: --stats, and every file of --checkpoint."""
+    files = [args.stats] if args.stats is not None else []
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        files += [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return files
 
 
 def _merge_after_all_ranks(out: Path, count: int, rank: int, progress: bool) -> None:
@@ -319,12 +341,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that it unwinds (removing partial outputs) as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_unwinds(command: str):
+    """SIGTERM raises :class:`Terminated` during ``command``, except for ``aef train``: its checkpoints
+    are written atomically, and under torchrun the launcher stops the ranks with SIGTERM when one
+    fails; a rank then ends at once instead of tearing down a process group whose peers are gone.
+    Signal handlers belong to the main thread; elsewhere nothing changes."""
+    if command == "train" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"train": cmd_train, "embed": cmd_embed, "show": cmd_show, "stats": cmd_stats}[args.command]
     try:
-        return command(args)
+        with _sigterm_unwinds(args.command):
+            return command(args)
     except USER_ERRORS as e:
         if args.debug:
             raise
@@ -333,6 +380,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"aef {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"aef {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

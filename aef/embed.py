@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,14 +29,20 @@ import torch
 
 from . import preprocess as _pre
 from . import quantize as _q
-from .geo import BAND_NAMES, EMBED_DIM, Grid, Scene, SceneError, calendar_year, create_raster, format_time, \
-    require_rasterio
+from .geo import BAND_NAMES, EMBED_DIM, Grid, Scene, SceneError, block_row_bytes, calendar_year, create_raster, \
+    format_time, gdal_cache, reading_errors, require_rasterio
 
 OUTPUT_DTYPES = ("int8", "float32")
 # Rows per block when merging shard partials; bounds the merge's memory to a few rows of the scene.
 MERGE_ROWS = 256
 # Tags of a shard partial that do not describe the final raster.
-SHARD_TAGS = ("AEF_SHARD", "AEF_ROW0", "AEF_ROWS", "AEF_HEIGHT", "AEF_DTYPE")
+SHARD_TAGS = ("AEF_SHARD", "AEF_ROW0", "AEF_ROWS", "AEF_HEIGHT", "AEF_DTYPE", "AEF_GRID")
+# What made a shard partial, as (field, tag): the shards of one output must agree on all of it.
+PROVENANCE = (("weights", "AEF_WEIGHTS_SHA256"), ("preset", "AEF_PRESET"), ("statistics", "AEF_STATISTICS"),
+              ("period start", "AEF_PERIOD_START"), ("period end", "AEF_PERIOD_END"), ("dtype", "AEF_DTYPE"),
+              ("tiling", "AEF_TILING"), ("grid", "AEF_GRID"))
+# Files written next to an output on the way to it (the raster, then its COG copy).
+TEMPORARY_SUFFIXES = (".partial", ".cog-partial")
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,47 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_path(out: Path, i: int, n: int) -> Path:
     return out.with_name(f"{out.name}.shard-{i}-of-{n}.tif")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once symbolic links are resolved, or the
+    same device and inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_output(out, inputs: Sequence = (), shard: tuple[int, int] = (0, 1)) -> None:
+    """Refuse, before any work, an output that cannot be written or that would overwrite an input.
+
+    ``out`` must not be a folder, must be in a folder that exists and takes new files, and neither it
+    nor the files written on the way to it (this shard's partial, the temporaries) may be one of
+    ``inputs`` (the same file directly, through a symbolic link or a hard link).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise SceneError(f"--out {out} is a folder; give the path of the GeoTIFF to write")
+    folder = out.parent
+    if not folder.is_dir():
+        raise SceneError(f"--out {out}: no such folder {folder}" if not folder.exists() else
+                         f"--out {out}: {folder} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".aef-write-check-"):
+            pass
+    except OSError as e:
+        raise SceneError(f"--out {out}: cannot write in {folder} ({e.strerror or e})") from None
+    index, count = shard
+    final = out if count == 1 else shard_path(out, index, count)
+    written = [out, final, *(final.with_name(final.name + s) for s in TEMPORARY_SUFFIXES)]
+    for path in dict.fromkeys(written):
+        for source in inputs:
+            if _same_file(path, Path(source)):
+                via = "" if path == out else f" (through {path}, written on the way)"
+                raise SceneError(f"--out {out} would overwrite the input {source}{via}; choose another output path")
 
 
 def default_period(scene: Scene) -> tuple[int, int]:
@@ -193,6 +242,17 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
     if period[1] <= period[0]:
         raise ValueError(f"period: the end {format_time(period[1])} must be after the start {format_time(period[0])}")
     out = Path(out)
+    check_output(out, scene.inputs, shard)
+    bands, written = (EMBED_DIM, dtype) if shard[1] == 1 else (EMBED_DIM + 1, "float32")
+    # Rows of tiles end inside a block row of the output, so two are being filled at a time.
+    with gdal_cache(scene.cache_bytes() + 2 * block_row_bytes(scene.grid.width, bands, written)):
+        return _embed_scene(model, scene, out, period, tiling, dtype, batch, device, shard, progress, tags, cog)
+
+
+def _embed_scene(model, scene: Scene, out: Path, period, tiling: Tiling, dtype: str, batch: int, device,
+                 shard: tuple[int, int], progress: bool, tags: Optional[dict], cog: bool) -> Path:
+    from tqdm.auto import tqdm
+
     grid, t, o = scene.grid, tiling.tile, tiling.overhang
     n_rows, n_cols = math.ceil(grid.height / t), math.ceil(grid.width / t)
     index, count = shard
@@ -213,7 +273,7 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
         sub = Grid(max(row1 - row0, 1), grid.width, grid.crs, _shift_rows(grid.transform, row0))
         ds = create_raster(partial, sub, EMBED_DIM + 1, "float32", None, None,
                            dict(tags, AEF_SHARD=f"{index}/{count}", AEF_ROW0=row0, AEF_ROWS=row1 - row0,
-                                AEF_HEIGHT=grid.height, AEF_DTYPE=dtype))
+                                AEF_HEIGHT=grid.height, AEF_DTYPE=dtype, AEF_GRID=_describe_grid(grid)))
     writer = _Writer(ds, row0, final=count == 1, dtype=dtype)
     ramp = tiling.ramp()
     weight = ramp[:, None] * ramp[None, :]
@@ -291,6 +351,40 @@ def _flush(writer: _Writer, acc, obs, top: int, stop: int, row0: int, row1: int,
         writer.write(lo, acc[lo - top:hi - top, o:o + width], obs[lo - top:hi - top, o:o + width])
 
 
+def _describe_grid(grid: Grid) -> str:
+    """The whole output grid of a shard, as a tag: size, CRS, affine coefficients."""
+    crs = "none" if grid.crs is None else grid.crs.to_string() if hasattr(grid.crs, "to_string") else str(grid.crs)
+    coeffs = "none" if grid.transform is None else repr(tuple(float(v) for v in tuple(grid.transform)[:6]))
+    return f"{grid.height}x{grid.width} crs={crs} transform={coeffs}"
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_provenance(paths: Sequence[Path], tags: Sequence[dict]) -> None:
+    """Every shard partial records what made it (PROVENANCE) and all record the same."""
+    for path, tg in zip(paths, tags):
+        for field, key in PROVENANCE:
+            if key not in tg:
+                raise SceneError(f"{path}: the partial does not record its {field} ({key}); it was written by "
+                                 "an older version of aef: embed that shard again")
+            if tg[key] != tags[0][key]:
+                raise SceneError(f"{path}: its {field} is {_short(tg[key])!r}, that of {paths[0]} is "
+                                 f"{_short(tags[0][key])!r}; the shards of one output must come from one run "
+                                 "(same model, preset, statistics, period, dtype, tiling and grid): embed the "
+                                 "stale shards again")
+
+
+def _open_partial(path: Path):
+    rasterio = require_rasterio()
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioError as e:
+        raise SceneError(f"{path}: not a readable shard partial; the file may be truncated or corrupt ({e})") \
+            from None
+
+
 def _shift_rows(transform, rows: int):
     """The affine transform of a raster starting ``rows`` rows further down."""
     if transform is None:
@@ -304,19 +398,20 @@ def _shift_rows(transform, rows: int):
 def merge_shards(out, progress: bool = True, remove_partials: bool = True) -> Path:
     """Sum the shard partials written for ``out`` and write the final embedding raster.
 
-    The partials are found by name (``OUT.shard-i-of-n.tif``); every one of the n must be present and
-    complete. Once the output is in place they are deleted, unless ``remove_partials`` is False.
+    The partials are found by name (``OUT.shard-i-of-n.tif``, the name taken literally); every one of
+    the n must be present and complete, and all must record the same model, preset, statistics,
+    period, dtype, tiling and grid. Once the output is in place they are deleted, unless
+    ``remove_partials`` is False. A merge that fails leaves the partials and no output.
     """
-    from tqdm.auto import tqdm
-
-    rasterio = require_rasterio()
-    from rasterio.windows import Window
-
+    require_rasterio()
     out = Path(out)
-    found = sorted(out.parent.glob(f"{out.name}.shard-*-of-*.tif"))
+    pattern = re.compile(re.escape(out.name) + r"\.shard-(\d+)-of-(\d+)\.tif")
+    found = [(int(m[1]), int(m[2]), p) for p in (out.parent.iterdir() if out.parent.is_dir() else ())
+             if (m := pattern.fullmatch(p.name))]
+    check_output(out, [p for _, _, p in found])
     if not found:
         raise SceneError(f"{out}: no shard partials ({out.name}.shard-I-of-N.tif) to merge")
-    counts = {int(p.name.rsplit("-of-", 1)[1].split(".")[0]) for p in found}
+    counts = {n for _, n, _ in found}
     if len(counts) != 1:
         raise SceneError(f"{out}: partials from runs with different shard counts {sorted(counts)}; "
                          "delete the stale ones")
@@ -324,38 +419,54 @@ def merge_shards(out, progress: bool = True, remove_partials: bool = True) -> Pa
     missing = [i for i in range(n) if not shard_path(out, i, n).is_file()]
     if missing:
         raise SceneError(f"{out}: shard(s) {', '.join(map(str, missing))} of {n} are missing or unfinished")
-    parts = [rasterio.open(shard_path(out, i, n)) for i in range(n)]
+    paths = [shard_path(out, i, n) for i in range(n)]
+    parts = []
     try:
+        for path in paths:
+            parts.append(_open_partial(path))
         tags = [p.tags() for p in parts]
+        _check_provenance(paths, tags)
         first = tags[0]
-        height, dtype = int(first["AEF_HEIGHT"]), first["AEF_DTYPE"]
-        for p, tg in zip(parts, tags):
-            if (tg.get("AEF_PERIOD_START"), tg.get("AEF_TILING"), tg.get("AEF_HEIGHT")) != \
-                    (first["AEF_PERIOD_START"], first["AEF_TILING"], first["AEF_HEIGHT"]) or p.width != parts[0].width:
-                raise SceneError(f"{p.name}: written with other settings than {parts[0].name}")
-        width = parts[0].width
-        grid = Grid(height, width, parts[0].crs, _shift_rows(parts[0].transform, -int(first["AEF_ROW0"])))
-        keep = [k for k in first if k.startswith("AEF_") and k not in SHARD_TAGS]
-        ds = create_raster(out.with_name(out.name + ".partial"), grid, EMBED_DIM, dtype, _nodata(dtype),
-                           BAND_NAMES, {k: first[k] for k in keep})
+        width, dtype = parts[0].width, first["AEF_DTYPE"]
+        # A block of merged rows straddles two block rows of the partials it overlaps (two at most).
+        cache = 2 * 2 * block_row_bytes(width, EMBED_DIM + 1, "float32") + 2 * block_row_bytes(width, EMBED_DIM, dtype)
+        with gdal_cache(cache):
+            _merge(out, paths, parts, tags, progress)
+    finally:
+        for p in parts:
+            p.close()
+    if remove_partials:
+        for path in paths:
+            path.unlink()
+    return out
+
+
+def _merge(out: Path, paths, parts, tags, progress: bool) -> None:
+    from rasterio.windows import Window
+    from tqdm.auto import tqdm
+
+    first = tags[0]
+    height, dtype, width = int(first["AEF_HEIGHT"]), first["AEF_DTYPE"], parts[0].width
+    grid = Grid(height, width, parts[0].crs, _shift_rows(parts[0].transform, -int(first["AEF_ROW0"])))
+    keep = [k for k in first if k.startswith("AEF_") and k not in SHARD_TAGS]
+    partial = out.with_name(out.name + ".partial")
+    ds = create_raster(partial, grid, EMBED_DIM, dtype, _nodata(dtype), BAND_NAMES, {k: first[k] for k in keep})
+    try:
         with ds, tqdm(total=height, unit="row", desc=f"merge {out.name}", disable=not progress) as bar:
             for lo in range(0, height, MERGE_ROWS):
                 hi = min(lo + MERGE_ROWS, height)
                 acc = np.zeros((hi - lo, width, EMBED_DIM + 1), dtype=np.float32)
-                for p, tg in zip(parts, tags):
+                for path, p, tg in zip(paths, parts, tags):
                     p0 = int(tg["AEF_ROW0"])
                     a, b = max(lo, p0), min(hi, p0 + int(tg["AEF_ROWS"]))
                     if b > a:
-                        block = p.read(window=Window(0, a - p0, width, b - a))
+                        with reading_errors(str(path)):
+                            block = p.read(window=Window(0, a - p0, width, b - a))
                         acc[a - lo:b - lo] += np.moveaxis(block, 0, -1)
                 values = _normalise(acc[..., :EMBED_DIM], acc[..., EMBED_DIM] > 0)
                 ds.write(np.moveaxis(_encode(values, dtype), -1, 0), window=Window(0, lo, width, hi - lo))
                 bar.update(hi - lo)
-    finally:
-        for p in parts:
-            p.close()
-    _finish(out.with_name(out.name + ".partial"), out, cog=True)
-    if remove_partials:
-        for i in range(n):
-            shard_path(out, i, n).unlink()
-    return out
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    _finish(partial, out, cog=True)

@@ -50,6 +50,9 @@ import json
 import math
 import os
 import warnings
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -93,6 +96,23 @@ def parse_time(value: str, what: str = "time") -> int:
     return int(round(t.timestamp() * 1000))
 
 
+# Frame times must lie where every period the pipelines derive from them is a calendar date: the
+# default summary period of a frame ends on 1 January of the next year, so the year 9999 is out.
+TIME_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+TIME_END_MS = 253_370_764_800_000  # 9999-01-01T00:00:00Z
+TIME_RANGE = "0001-01-01 to 9998-12-31 (a frame's calendar year, the default summary period, must end by " \
+             "9999-12-31)"
+
+
+def check_frame_time(ms: int, what: str, shown=None) -> int:
+    """``ms`` if it is in the supported range of frame times, else a :class:`SceneError` naming
+    ``what`` and the value (``shown``, default: ``ms`` in ms)."""
+    if not TIME_MIN_MS <= ms < TIME_END_MS:
+        value = f"{ms} ms" if shown is None else repr(shown)
+        raise SceneError(f"{what}: {value} is out of range; frame times must be from {TIME_RANGE}")
+    return ms
+
+
 def format_time(ms: int) -> str:
     """Epoch milliseconds -> ISO 8601 UTC string."""
     t = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
@@ -128,6 +148,12 @@ class Scene:
 
     grid: Grid
     timestamps: dict[str, np.ndarray]  # source -> (N,) int64 epoch ms
+    inputs: tuple[Path, ...] = ()  # every file the scene reads: the scene file, frames, masks
+
+    def cache_bytes(self) -> int:
+        """GDAL block cache that lets reads of consecutive rows of windows decode each block of
+        every raster once: two block rows of each (0 for scenes read without GDAL)."""
+        return 0
 
     @property
     def source_names(self) -> tuple[str, ...]:
@@ -179,10 +205,11 @@ def _check_source(name: str, where: str) -> _sources.Source:
 
 class NpzScene(Scene):
     def __init__(self, path: Path):
+        self.inputs = (path,)
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise SceneError(f"{path}: not a readable .npz file ({e})") from None
         names = sorted({k.split("/", 1)[1] for k in arrays if k.startswith("source_data/")})
         names = [n for n in names if n not in _sources.REGISTRY or _sources.REGISTRY[n].is_input]
@@ -201,6 +228,13 @@ class NpzScene(Scene):
             if t.shape != (d.shape[0],) or t.dtype.kind not in "iu":
                 raise SceneError(f"{path}: 'timestamps/{name}' must be int64 epoch ms of shape "
                                  f"({d.shape[0]},), got {t.dtype} {t.shape}")
+            if d.shape[0] == 0:
+                raise SceneError(f"{path}: 'source_data/{name}' has no frames (shape {d.shape}); give at least one, "
+                                 "or leave the source out")
+            if d.shape[1] == 0 or d.shape[2] == 0:
+                raise SceneError(f"{path}: 'source_data/{name}' has no pixels ({d.shape[1]}x{d.shape[2]})")
+            for i, ms in enumerate(t.tolist()):
+                check_frame_time(ms, f"{path}: 'timestamps/{name}'[{i}]")
             if shape is None:
                 shape = d.shape[1:3]
             elif d.shape[1:3] != shape:
@@ -239,6 +273,7 @@ class ManifestScene(Scene):
         from .georef import BandSource, GridError, target_grid
 
         self._path = path
+        self._files = [path]
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -268,7 +303,8 @@ class ManifestScene(Scene):
                     if not isinstance(frame, dict) or "time" not in frame or ("path" in frame) == ("paths" in frame):
                         raise SceneError(f"{fwhere}: expected an object with \"time\" and either \"path\" (one "
                                          "file with the frame's bands) or \"paths\" (one file per band)")
-                    times.append(parse_time(frame["time"], f"{fwhere}.time"))
+                    times.append(check_frame_time(parse_time(frame["time"], f"{fwhere}.time"), f"{fwhere}.time",
+                                                  frame["time"]))
                     fill = frame.get("nodata", nodata.get(name, nodata.get("*")))
                     if fill is not None and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
                         raise SceneError(f"{fwhere}.nodata: expected a number, got {fill!r}")
@@ -298,6 +334,14 @@ class ManifestScene(Scene):
         except BaseException:
             self.close()
             raise
+        self.inputs = tuple(self._files)
+
+    def cache_bytes(self) -> int:
+        total = 0
+        for ds in self._open:
+            block_rows = max(h for h, _ in ds.block_shapes)
+            total += 2 * block_rows * ds.width * sum(np.dtype(t).itemsize for t in ds.dtypes)
+        return total
 
     def _frame_parts(self, rasterio, frame: dict, src: _sources.Source, where: str, fill, BandSource) -> list:
         """The rasters of one frame, each with the source bands it fills."""
@@ -336,8 +380,9 @@ class ManifestScene(Scene):
         if not isinstance(rel, str):
             raise SceneError(f"{where}: expected a file path, got {rel!r}")
         p = Path(rel) if os.path.isabs(rel) else self._path.parent / rel
-        if not p.is_file():
-            raise SceneError(f"{where}: {p} does not exist")
+        problem = not_a_file(p)
+        if problem:
+            raise SceneError(f"{where}: {p} {problem}")
         try:
             with warnings.catch_warnings():
                 # Frames without georeferencing are allowed when they all share one grid.
@@ -346,6 +391,7 @@ class ManifestScene(Scene):
         except rasterio.errors.RasterioError as e:
             raise SceneError(f"{where}: {p} is not a readable raster ({e})") from None
         self._open.append(ds)
+        self._files.append(p)
         return ds
 
     def _read_inside(self, name, r0, r1, c0, c1):
@@ -359,11 +405,13 @@ class ManifestScene(Scene):
         angle = np.array([b == "angle" for b in src.bands])
         for i, (parts, mask, linear) in enumerate(frames):
             for p in parts:
-                data[i][..., p.positions] = np.moveaxis(p.read(win), 0, -1)
+                with reading_errors(p.ds.name):
+                    data[i][..., p.positions] = np.moveaxis(p.read(win), 0, -1)
             if linear:
                 data[i][..., ~angle] = _linear_to_db(data[i][..., ~angle])
             if mask is not None:
-                valid[i] &= mask.read_mask(win)
+                with reading_errors(mask.ds.name):
+                    valid[i] &= mask.read_mask(win)
         return data, valid
 
     def close(self):
@@ -377,6 +425,31 @@ class ManifestScene(Scene):
         self._open = []
 
 
+def not_a_file(path: Path) -> Optional[str]:
+    """Why ``path`` is not a regular file one can read ("does not exist", "is a directory", "is not a
+    regular file"), or None where it is one."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return "is not a regular file"
+    return "does not exist"
+
+
+@contextmanager
+def reading_errors(name: str):
+    """Turn GDAL's read failures of raster ``name`` (a truncated or corrupt file) into a
+    :class:`SceneError` naming it, with GDAL's own reason."""
+    rasterio = require_rasterio()
+    try:
+        yield
+    except rasterio.errors.RasterioError as e:
+        reason = f"{e.__cause__}" if e.__cause__ is not None else f"{e}"
+        raise SceneError(f"{name}: cannot read its pixels; the file may be truncated or corrupt ({reason})") \
+            from None
+
+
 def open_scene(path, resolution: Optional[float] = None, extent: str = "union", crs=None,
                nodata: Optional[dict] = None) -> Scene:
     """Open a scene from a JSON manifest or an ``.npz`` file, validating it with clear errors.
@@ -387,8 +460,10 @@ def open_scene(path, resolution: Optional[float] = None, extent: str = "union", 
     nodata tags; a frame's own "nodata" takes precedence). An ``.npz`` scene has one grid already.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SceneError(f"{path}: no such scene file")
+    problem = not_a_file(path)
+    if problem:
+        raise SceneError(f"{path}: no such scene file" if problem == "does not exist" else
+                         f"{path} {problem}; a scene is a JSON manifest (.json) or an .npz file")
     if path.suffix.lower() == ".npz":
         return NpzScene(path)
     if path.suffix.lower() == ".json":
@@ -397,6 +472,35 @@ def open_scene(path, resolution: Optional[float] = None, extent: str = "union", 
 
 
 # ---------------------------------------------------------------- embedding rasters
+
+# Internal tile side of the rasters written here.
+RASTER_BLOCK = 256
+# GDAL's block cache beyond what the rasters being read and written need (Scene.cache_bytes,
+# block_row_bytes): room for GDAL's own datasets (VRTs, overviews) and for small rasters.
+CACHE_MARGIN = 16 << 20
+
+
+def block_row_bytes(width: int, count: int, dtype: str) -> int:
+    """Bytes of one row of blocks of a raster written by :func:`create_raster`."""
+    return RASTER_BLOCK * width * count * np.dtype(dtype).itemsize
+
+
+@contextmanager
+def gdal_cache(nbytes: int):
+    """Cap GDAL's block cache at ``nbytes`` + CACHE_MARGIN for the body of a with block.
+
+    Left alone, the cache keeps every block read or written up to 5% of the machine's memory, so the
+    process grows with the scene's height. ``GDAL_CACHEMAX`` set in the environment is the user's
+    choice and wins.
+    """
+    rasterio = require_rasterio()
+    if "GDAL_CACHEMAX" in os.environ:
+        yield
+        return
+    # rasterio hands an integer to GDALSetCacheMax64, in bytes.
+    with rasterio.Env(GDAL_CACHEMAX=int(nbytes) + CACHE_MARGIN):
+        yield
+
 
 def create_raster(path, grid: Grid, count: int, dtype: str, nodata, descriptions=None, tags=None):
     """Open a new tiled, compressed GeoTIFF for windowed writing on ``grid``."""
@@ -407,7 +511,7 @@ def create_raster(path, grid: Grid, count: int, dtype: str, nodata, descriptions
     if transform is not None and not isinstance(transform, Affine):
         transform = Affine(*transform[:6])
     profile = dict(driver="GTiff", height=grid.height, width=grid.width, count=count, dtype=dtype,
-                   nodata=nodata, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                   nodata=nodata, tiled=True, blockxsize=RASTER_BLOCK, blockysize=RASTER_BLOCK, compress="deflate",
                    BIGTIFF="IF_SAFER")
     if grid.crs is not None:
         profile["crs"] = grid.crs

@@ -57,14 +57,12 @@ class Dist:
 
 def setup_distributed(device: Optional[str] = None) -> Dist:
     """One process per device under torchrun (gloo on CPU, nccl on GPU), else a single process."""
+    from .cli import parse_device
+
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device: CUDA is not available on this machine")
         if dev.index is None:
             dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
@@ -303,12 +301,17 @@ def _train(args, d: Dist) -> Optional[dict]:
     from .schedule import build_optimizer
 
     run_dir = Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir} is not a folder (it is a file); give the run's folder")
     resume_from = ckpt.latest_checkpoint(run_dir) if args.resume else None
     if not args.resume and ckpt.list_checkpoints(run_dir):
         raise ValueError(f"--run-dir {run_dir} already has checkpoints; pass --resume to continue that run, "
                          "or choose another folder")
     if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--run-dir {run_dir}: cannot create the folder ({e.strerror or e})") from None
         if args.resume and resume_from is None:
             print(f"aef train: no checkpoint in {run_dir}, starting from step 0", file=sys.stderr)
     warmup = args.warmup if args.warmup is not None else max(1, round(0.01 * args.steps))
