@@ -45,6 +45,14 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
+def split_pixels(m, H, W):
+    """(frame, row, column) of flat pixel indices ``m`` of (N, H, W) frames."""
+    w = m % W
+    t = m // W
+    return t // H, t % H, w
+
+
+@triton.jit
 def _load_input_tile(a_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, src, n_idx, ok, cc, c_ok, CIN, G, CG,
                      NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr, dot_ty: tl.constexpr):
     """[len(src), len(cc)] input tile at pixels ``src`` (rows) and channels ``cc`` (columns).
@@ -109,10 +117,7 @@ def _weight_grad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, 
             m0 = pid_s.to(tl.int64) * CHUNK + i
         offs_m = m0 + loc
         m_ok = offs_m < M
-        w_idx = offs_m % WO
-        t = offs_m // WO
-        h_idx = t % HO
-        n_idx = t // HO
+        n_idx, h_idx, w_idx = split_pixels(offs_m, HO, WO)
         if CONV3X3:
             hh = h_idx + r - 1
             ww = w_idx + s - 1

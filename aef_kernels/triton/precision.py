@@ -34,7 +34,7 @@ from ..autograd import kernel_op
 from .aot import AOTCall
 from .common import TL_DTYPES, capability, launch, shared_memory_reasons
 from . import gemm
-from .gemm import _load_input_tile, dot_precision, tile_size, weight_grad
+from .gemm import _load_input_tile, dot_precision, split_pixels, tile_size, weight_grad
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -122,10 +122,7 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
     loc = tl.arange(0, BLOCK_M)
     offs_m = m0 + loc
     m_ok = offs_m < M
-    w_idx = offs_m % W
-    t = offs_m // W
-    h_idx = t % H
-    n_idx = t // H
+    n_idx, h_idx, w_idx = split_pixels(offs_m, H, W)
     a_blk = a_ptr + m0.to(tl.int64) * CIN
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < COUT

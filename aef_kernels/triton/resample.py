@@ -32,7 +32,7 @@ from ..reference.resample import _cast
 from .aot import AOTCall
 from .common import TL_DTYPES, capability, launch, shared_memory_reasons
 from . import gemm
-from .gemm import dot_precision, weight_grad
+from .gemm import dot_precision, split_pixels, weight_grad
 
 
 @triton.jit
@@ -97,10 +97,7 @@ def _exchange_kernel(out_ptr, own_ptr, bias_ptr, a1_ptr, w1_ptr, a2_ptr, w2_ptr,
     pid_n = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    j_idx = offs_m % WO
-    t = offs_m // WO
-    i_idx = t % HO
-    n_idx = t // HO
+    n_idx, i_idx, j_idx = split_pixels(offs_m, HO, WO)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < COUT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -171,10 +168,7 @@ def _down_dgrad_kernel(dy_ptr, wt_ptr, prev_ptr, dx_ptr, M, HO, WO, CIN, F, COUT
     pid_n = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    j_idx = offs_m % WO
-    t = offs_m // WO
-    i_idx = t % HO
-    n_idx = t // HO
+    n_idx, i_idx, j_idx = split_pixels(offs_m, HO, WO)
     K = F * F * CIN
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < K
