@@ -9,6 +9,7 @@ does not suffer the cancellation of a one-pass sum of squares.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -17,6 +18,7 @@ import torch
 
 from . import preprocess as _pre
 from . import sources as _sources
+from .geo import gdal_cache
 
 # Scene windows of this side bound the pass's memory to a few window-sized arrays.
 WINDOW = 512
@@ -106,11 +108,14 @@ def scene_statistics(scene, progress: bool = True, window: int = WINDOW, acc: Op
 
     acc = acc or StatsAccumulator()
     wins = scene_windows(scene, window)
-    for r, c in tqdm(wins, unit="window", desc=desc, disable=not progress):
-        h, w = min(window, scene.grid.height - r), min(window, scene.grid.width - c)
-        for name in scene.source_names:
-            d, _ = scene.read(name, r, c, h, w)
-            acc.add(name, d, np.isfinite(d))
+    need = scene.cache_bytes()
+    # A scene read through GDAL: its block cache held to what consecutive windows share.
+    with gdal_cache(need) if need else contextlib.nullcontext():
+        for r, c in tqdm(wins, unit="window", desc=desc, disable=not progress):
+            h, w = min(window, scene.grid.height - r), min(window, scene.grid.width - c)
+            for name in scene.source_names:
+                d, _ = scene.read(name, r, c, h, w)
+                acc.add(name, d, np.isfinite(d))
     return acc.statistics()
 
 

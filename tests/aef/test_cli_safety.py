@@ -114,6 +114,26 @@ def test_out_that_is_the_npz_scene_is_refused(tmp_path, capsys, link):
     assert path.read_bytes() == before
 
 
+@pytest.mark.parametrize("target", ["stats", "checkpoint"])
+def test_out_that_is_a_file_of_the_model_is_refused(scene, tmp_path, capsys, target):
+    """--out naming the --stats file, or a file of the --checkpoint folder, is refused and the file
+    is left as it was."""
+    if target == "stats":
+        stats = tmp_path / "stats.json"
+        assert main(["stats", str(scene), "--out", str(stats), "--no-progress"]) == 0
+        argv, out = ["--preset", "tiny", "--stats", stats], stats
+    else:
+        folder = tmp_path / "ckpt"
+        tiny_model().save_pretrained(folder)
+        out = next(p for p in folder.iterdir() if p.suffix == ".safetensors")
+        argv = ["--checkpoint", folder]
+    capsys.readouterr()
+    before = out.read_bytes()
+    code, _, err = _cli(capsys, "embed", scene, "--out", out, "--tile", "32", "--no-progress", *argv)
+    assert code == 2 and f"would overwrite the input {out}" in _one_error_line(err), err
+    assert out.read_bytes() == before
+
+
 # ---------------------------------------------------------------- 2. partials record what made them
 
 def _two_shards(scene, out, first: dict, second: dict):
