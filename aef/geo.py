@@ -64,7 +64,8 @@ from .preprocess import linear_to_db as _linear_to_db
 
 EMBED_DIM = 64
 BAND_NAMES = tuple(f"A{i:02d}" for i in range(EMBED_DIM))
-INSTALL_HINT = "pip install 'aef-kernels[geo]'"
+# The package is not on a package index: the extra is installed from the checkout.
+INSTALL_HINT = "pip install '.[geo]' in the aef-kernels checkout (or pip install rasterio)"
 
 
 class SceneError(ValueError):

@@ -155,7 +155,7 @@ def _shifted_scene(scene: Path, folder: Path) -> Path:
             if key in f:
                 with rasterio.open(scene.parent / f[key]) as ds:
                     profile, data = ds.profile, ds.read()
-                profile["transform"] = profile["transform"] * rasterio.Affine.translation(1, 0)
+                profile["transform"] = profile["transform"] @ rasterio.Affine.translation(1, 0)
                 with rasterio.open(folder / f[key], "w", **profile) as dst:
                     dst.write(data)
     path = folder / "scene.json"

@@ -300,7 +300,7 @@ def test_without_rasterio_the_message_names_the_extra(scene, tmp_path, capsys, m
 
     monkeypatch.setitem(sys.modules, "rasterio", None)
     code, _, err = _cli(capsys, "embed", str(scene), "--out", str(tmp_path / "o.tif"), "--preset", "tiny")
-    assert code == 2 and "pip install 'aef-kernels[geo]'" in err
+    assert code == 2 and "pip install '.[geo]'" in err
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
