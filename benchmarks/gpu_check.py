@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 import aef_kernels as K
 from aef_kernels import testing
-from aef.config import AEFConfig
+from aef.model.config import AEFConfig
 from benchmarks import harness, ops, record, runner, stp_block
 from benchmarks.providers import COMPILE
 

@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 import torch
 
 import aef_kernels as K
-from aef.config import AEFConfig
+from aef.model.config import AEFConfig
 from aef_kernels.ops import SPECS
 from benchmarks import floors, harness, peers, record, runner
 from benchmarks.providers import COMPILE, MODEL_PROVIDERS, Skipped, under_provider

@@ -27,8 +27,8 @@ if __package__ in (None, ""):
 import torch
 
 import aef_kernels as K
-from aef.config import PRESETS, AEFConfig
-from aef.encoder import STPBlock, STPEncoder
+from aef.model.config import PRESETS, AEFConfig
+from aef.model.encoder import STPBlock, STPEncoder
 from benchmarks import peers, record, runner
 from benchmarks.providers import COMPILE, MODEL_PROVIDERS, Skipped, under_provider
 from benchmarks.runner import FWD, FWD_BWD, Case

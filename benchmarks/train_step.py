@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from aef import AEF
-from aef.data import collate, synthetic_sample
-from aef.data.synthetic import DEFAULT_START_MS, YEAR_MS
+from aef.pipelines.data import collate, synthetic_sample
+from aef.pipelines.data.synthetic import DEFAULT_START_MS, YEAR_MS
 
 INPUT_FRAMES = {"sentinel2": 4, "landsat": 2, "sentinel1": 2}
 TARGET_ONLY_FRAMES = {"palsar2": 1, "glo30": 1, "gedi": 1, "era5": 1, "grace": 1, "nlcd": 1}

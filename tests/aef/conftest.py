@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aef.data import collate, synthetic_sample
+from aef.pipelines.data import collate, synthetic_sample
 from model_fixtures import INPUT_FRAMES
 
 

@@ -11,9 +11,9 @@ import sys
 
 import torch
 
-from aef.data import SyntheticDataset, collate
+from aef.pipelines.data import SyntheticDataset, collate
 from aef.models import AEF
-from aef.train import Dist, StepBatches, distributed, sample_periods, wrap_ddp
+from aef.pipelines.train import Dist, StepBatches, distributed, sample_periods, wrap_ddp
 
 GLOBAL_BATCH = 4
 
@@ -35,7 +35,7 @@ def save_step_gradients(d: Dist, out: str) -> None:
 
 def main(out: str) -> None:
     # The DDP wrapper lives in the function below, as in aef train, so it is gone before the process
-    # group is destroyed (aef.train.shutdown_distributed says why that order matters).
+    # group is destroyed (aef.pipelines.train.shutdown_distributed says why that order matters).
     with distributed("cpu") as d:
         save_step_gradients(d, out)
 

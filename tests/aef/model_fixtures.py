@@ -2,7 +2,7 @@
 
 import torch
 
-from aef.data.synthetic import DEFAULT_START_MS, YEAR_MS
+from aef.pipelines.data.synthetic import DEFAULT_START_MS, YEAR_MS
 
 YEAR = (DEFAULT_START_MS, DEFAULT_START_MS + YEAR_MS)
 INPUT_FRAMES = {"sentinel2": 3, "landsat": 2, "sentinel1": 2}

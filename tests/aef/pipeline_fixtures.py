@@ -79,11 +79,11 @@ def write_scene(folder: Path, masks: bool = True) -> Path:
 
 
 def read_window_directly(manifest: Path, row: int, col: int, side: int):
-    """The model inputs of one window, read with rasterio alone (independent of aef.geo)."""
+    """The model inputs of one window, read with rasterio alone (independent of aef.pipelines.geo)."""
     import rasterio
     from rasterio.windows import Window
 
-    from aef.geo import parse_time
+    from aef.pipelines.geo import parse_time
 
     m = json.loads(manifest.read_text())
     data, times, masks = {}, {}, {}

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from aef.checkpoint import CheckpointError, load_model, load_state, weights_digest
+from aef.pipelines.checkpoint import CheckpointError, load_model, load_state, weights_digest
 from aef.models import AEF
 
 
@@ -72,8 +72,8 @@ def test_a_config_without_a_hash_loads(saved, tiny_model):
 def test_cli_embed_refuses_damaged_weights(saved, tmp_path, capsys):
     """`aef embed --checkpoint` with flipped weight bytes exits 2 with one line naming the file."""
     pytest.importorskip("rasterio")
-    from aef.cli import main
-    from aef.data import save_sample, synthetic_sample
+    from aef.pipelines.cli import main
+    from aef.pipelines.data import save_sample, synthetic_sample
 
     save_sample(tmp_path / "scene.npz", synthetic_sample(32, seed=0))
     _flip(saved / "model.safetensors")

@@ -19,9 +19,9 @@ import torch
 rasterio = pytest.importorskip("rasterio")
 
 import subprocess_helpers  # noqa: E402
-from aef.cli import main  # noqa: E402
-from aef.embed import Tiling, embed_scene, merge_shards, model_tags  # noqa: E402
-from aef.geo import SceneError, open_scene, parse_time  # noqa: E402
+from aef.pipelines.cli import main  # noqa: E402
+from aef.pipelines.embed import Tiling, embed_scene, merge_shards, model_tags  # noqa: E402
+from aef.pipelines.geo import SceneError, open_scene, parse_time  # noqa: E402
 
 from pipeline_fixtures import TEST_TILING, tiny_model, write_scene  # noqa: E402
 
@@ -168,7 +168,7 @@ def test_merge_refuses_partials_of_different_runs(scene, tmp_path, model, field)
     """Shards embedded with another model, preset, statistics, period, dtype, tiling or grid are
     refused by --merge, naming the field and both values; the partials stay and no output or
     .partial is written."""
-    from aef.stats import scene_statistics
+    from aef.pipelines.stats import scene_statistics
 
     out = tmp_path / "emb.tif"
     first = dict(model=model, dtype="float32")
@@ -380,7 +380,7 @@ def test_sigterm_during_embed_removes_the_partial_and_exits_143(tmp_path):
     scene = _npz_scene(tmp_path / "big.npz", frames=4, height=480, width=480)
     out = tmp_path / "emb.tif"
     partial = tmp_path / "emb.tif.partial"
-    cmd = [sys.executable, "-m", "aef.cli", "embed", str(scene), "--out", str(out), "--preset", "tiny",
+    cmd = [sys.executable, "-m", "aef.pipelines.cli", "embed", str(scene), "--out", str(out), "--preset", "tiny",
            "--no-progress", "--batch", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     # Popen, not subprocess_helpers.run, because the signal must arrive while the child runs; the

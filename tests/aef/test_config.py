@@ -1,8 +1,8 @@
-"""aef.config: presets as data, head counts and serialisation."""
+"""aef.model.config: presets as data, head counts and serialisation."""
 
 import pytest
 
-from aef.config import PRESETS, AEFConfig
+from aef.model.config import PRESETS, AEFConfig
 
 TABLE = {  # docs/model.md §5
     "tiny": (16, 32, 64, 2),

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from aef.cli import main
-from aef.config import PRESETS, AEFConfig
+from aef.pipelines.cli import main
+from aef.model.config import PRESETS, AEFConfig
 
 BAD = [
     ("blocks", -1, "blocks"),

@@ -8,10 +8,10 @@ import torch
 
 rasterio = pytest.importorskip("rasterio")
 
-from aef import quantize as Q  # noqa: E402
-from aef.cli import main  # noqa: E402
-from aef.embed import Tiling, default_period, embed_scene, merge_shards, parse_shard  # noqa: E402
-from aef.geo import SceneError, open_scene, parse_time  # noqa: E402
+from aef.pipelines import quantize as Q  # noqa: E402
+from aef.pipelines.cli import main  # noqa: E402
+from aef.pipelines.embed import Tiling, default_period, embed_scene, merge_shards, parse_shard  # noqa: E402
+from aef.pipelines.geo import SceneError, open_scene, parse_time  # noqa: E402
 
 from pipeline_fixtures import HEIGHT, TEST_TILING, WIDTH, read_window_directly, tiny_model, write_scene  # noqa: E402
 
@@ -305,9 +305,9 @@ def test_without_rasterio_the_message_names_the_extra(scene, tmp_path, capsys, m
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_a_saved_training_sample_is_a_scene(model, tmp_path):
-    """A sample written by aef.data.save_sample (all sources, metadata, text) embeds as a scene: its
+    """A sample written by aef.pipelines.data.save_sample (all sources, metadata, text) embeds as a scene: its
     input sources are used, everything else ignored, and every pixel with data gets a unit vector."""
-    from aef.data import save_sample, synthetic_sample
+    from aef.pipelines.data import save_sample, synthetic_sample
 
     path = tmp_path / "sample.npz"
     save_sample(path, synthetic_sample(32, seed=1, text_dim=8))

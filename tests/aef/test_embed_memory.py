@@ -19,7 +19,7 @@ import pytest
 rasterio = pytest.importorskip("rasterio")
 
 import subprocess_helpers  # noqa: E402
-from aef.geo import RASTER_BLOCK, block_row_bytes  # noqa: E402
+from aef.pipelines.geo import RASTER_BLOCK, block_row_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH = 256
@@ -38,7 +38,7 @@ def overview_levels(side: int) -> int:
     return max(0, math.ceil(math.log2(side / RASTER_BLOCK)))
 
 
-_DRIVER = ("import resource, sys; from aef.cli import main; code = main(sys.argv[1:]); "
+_DRIVER = ("import resource, sys; from aef.pipelines.cli import main; code = main(sys.argv[1:]); "
            "print('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
            "sys.exit(code)")
 

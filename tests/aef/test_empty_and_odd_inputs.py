@@ -160,9 +160,9 @@ def test_nonfinite_timestamp_of_a_fully_masked_frame_is_ignored(model):
 
 
 def test_saved_samples_with_nonfinite_timestamps_are_refused(tmp_path):
-    """aef.data: load_sample and collate refuse a NaN timestamp on a frame with data, naming it
+    """aef.pipelines.data: load_sample and collate refuse a NaN timestamp on a frame with data, naming it
     (collate used to cast it into a garbage int64 time)."""
-    from aef.data import collate, load_sample, save_sample, synthetic_sample
+    from aef.pipelines.data import collate, load_sample, save_sample, synthetic_sample
 
     s = synthetic_sample(16, {"sentinel2": 2}, seed=0)
     s["timestamps"]["sentinel2"] = s["timestamps"]["sentinel2"].to(torch.float64)

@@ -1,11 +1,12 @@
-"""aef.encoder: the STP block and encoder (docs/model.md §4.2-4.4)."""
+"""aef.model.encoder: the STP block and encoder (docs/model.md §4.2-4.4)."""
 
 import pytest
 import torch
 
 import aef_kernels as K
-from aef.config import AEFConfig
-from aef.encoder import STPBlock, STPEncoder, sincos_2d
+from aef.model.config import AEFConfig
+from aef.model.encoder import STPBlock, STPEncoder
+from aef.model.layers import sincos_2d
 
 CFG = AEFConfig.from_preset("tiny")
 

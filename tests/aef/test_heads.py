@@ -1,10 +1,10 @@
-"""aef.heads: upsampling, vMF head and sampling, decoders, text adapter (docs/model.md §4.6-4.9)."""
+"""aef.model.heads: upsampling, vMF head and sampling, decoders, text adapter (docs/model.md §4.6-4.9)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from aef.heads import DepthToSpaceUpsample, ImplicitDecoder, TextAdapter, VMFMeanHead, sample_vmf
+from aef.model.heads import DepthToSpaceUpsample, ImplicitDecoder, TextAdapter, VMFMeanHead, sample_vmf
 
 
 def _mean_cosine(m: int, kappa: float, terms: int = 4000) -> float:

@@ -1,9 +1,9 @@
-"""aef.inputs: calling conventions and clear errors for bad input."""
+"""aef.model.inputs: calling conventions and clear errors for bad input."""
 
 import pytest
 import torch
 
-from aef.inputs import prepare_inputs, prepare_periods
+from aef.model.inputs import prepare_inputs, prepare_periods
 
 from model_fixtures import YEAR
 

@@ -5,7 +5,7 @@ import torch
 
 import aef_kernels as K
 from aef import AEF
-from aef.data.synthetic import DEFAULT_START_MS, YEAR_MS
+from aef.pipelines.data.synthetic import DEFAULT_START_MS, YEAR_MS
 
 from model_fixtures import INPUT_FRAMES, YEAR, inputs_of, year_periods
 

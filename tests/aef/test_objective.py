@@ -1,4 +1,4 @@
-"""aef.objective: target selection, student perturbation and loss terms (docs/model.md §6)."""
+"""aef.model.objective: target selection, student perturbation and loss terms (docs/model.md §6)."""
 
 import math
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from aef import AEF
-from aef.objective import (HALF_YEAR_MS, MIN_PERIOD_MS, Target, clip_loss, consistency_loss, perturb_student,
+from aef.model.objective import (HALF_YEAR_MS, MIN_PERIOD_MS, Target, clip_loss, consistency_loss, perturb_student,
                            reconstruction_loss, select_targets)
-from aef.sources import Source, get
+from aef.model.sources import Source, get
 
 from model_fixtures import INPUT_FRAMES, inputs_of, year_periods
 

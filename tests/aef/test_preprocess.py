@@ -1,4 +1,4 @@
-"""aef.preprocess: the per-source transforms of the registry, their inverse, statistics in the model,
+"""aef.model.preprocess: the per-source transforms of the registry, their inverse, statistics in the model,
 and per-band validity through the model."""
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from aef import preprocess as P
-from aef import sources
+from aef.model import preprocess as P
+from aef.model import sources
 from aef.models import AEF
 
 from model_fixtures import YEAR

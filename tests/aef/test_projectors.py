@@ -1,11 +1,11 @@
-"""aef.projectors: NaN-safe source projection and concatenation along time."""
+"""aef.model.projectors: NaN-safe source projection and concatenation along time."""
 
 import pytest
 import torch
 
-from aef.config import AEFConfig
-from aef.inputs import prepare_inputs
-from aef.projectors import SourceProjectors, downsample_mask
+from aef.model.config import AEFConfig
+from aef.model.inputs import prepare_inputs
+from aef.model.projectors import SourceProjectors, downsample_mask
 
 from model_fixtures import YEAR
 

@@ -1,10 +1,10 @@
-"""aef.quantize: the paper's int8 code for embeddings (docs/model.md §9.1)."""
+"""aef.pipelines.quantize: the paper's int8 code for embeddings (docs/model.md §9.1)."""
 
 import numpy as np
 import pytest
 import torch
 
-from aef import quantize as Q
+from aef.pipelines import quantize as Q
 
 
 def _unit_vectors(n: int, seed: int = 0) -> np.ndarray:

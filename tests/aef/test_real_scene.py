@@ -11,11 +11,11 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from aef import quantize as Q  # noqa: E402
-from aef.cli import main  # noqa: E402
-from aef.cog import check_cog  # noqa: E402
-from aef.geo import open_scene  # noqa: E402
-from aef.preprocess import Statistics  # noqa: E402
+from aef.pipelines import quantize as Q  # noqa: E402
+from aef.pipelines.cli import main  # noqa: E402
+from aef.pipelines.cog import check_cog  # noqa: E402
+from aef.pipelines.geo import open_scene  # noqa: E402
+from aef.model.preprocess import Statistics  # noqa: E402
 
 CROP = Path(__file__).resolve().parents[1] / "data" / "landsat8_crop"
 MANIFEST = CROP / "scene.json"

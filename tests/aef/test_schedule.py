@@ -1,9 +1,9 @@
-"""aef.schedule: Adam with linear warm-up over 1% of the steps, then linear decay to 0."""
+"""aef.pipelines.schedule: Adam with linear warm-up over 1% of the steps, then linear decay to 0."""
 
 import pytest
 import torch
 
-from aef.schedule import build_optimizer, lr_factor
+from aef.pipelines.schedule import build_optimizer, lr_factor
 
 
 @pytest.mark.parametrize("total", [100, 1000, 100_000])

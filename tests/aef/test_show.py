@@ -6,9 +6,9 @@ import pytest
 rasterio = pytest.importorskip("rasterio")
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
-from aef import quantize as Q  # noqa: E402
-from aef.cli import main  # noqa: E402
-from aef.show import SIMILARITY_STOPS, colorize, pca_rgb, similarity  # noqa: E402
+from aef.pipelines import quantize as Q  # noqa: E402
+from aef.pipelines.cli import main  # noqa: E402
+from aef.pipelines.show import SIMILARITY_STOPS, colorize, pca_rgb, similarity  # noqa: E402
 
 from pipeline_fixtures import HEIGHT, WIDTH, write_scene  # noqa: E402
 

@@ -1,8 +1,8 @@
-"""aef.sources: the registry holds the table of docs/model.md §1.1."""
+"""aef.model.sources: the registry holds the table of docs/model.md §1.1."""
 
 import pytest
 
-from aef import sources as S
+from aef.model import sources as S
 
 TABLE = {  # name: (bands, input, target, loss, weight)
     "sentinel2": (5, True, True, "l1", 1.0),

@@ -1,4 +1,4 @@
-"""aef.stats / aef stats: streaming per-band statistics after the transform, and aef train storing
+"""aef.pipelines.stats / aef stats: streaming per-band statistics after the transform, and aef train storing
 them in the checkpoint's config."""
 
 import json
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from aef import preprocess as P
-from aef import sources
-from aef.cli import main
-from aef.data import save_sample
-from aef.stats import RunningStats, compute_statistics
+from aef.model import preprocess as P
+from aef.model import sources
+from aef.pipelines.cli import main
+from aef.pipelines.data import save_sample
+from aef.pipelines.stats import RunningStats, compute_statistics
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 17])

@@ -1,10 +1,10 @@
-"""aef.summarizer: attention pooling along time, one query per period (docs/model.md §4.5)."""
+"""aef.model.summarizer: attention pooling along time, one query per period (docs/model.md §4.5)."""
 
 import pytest
 import torch
 
-from aef.config import AEFConfig
-from aef.summarizer import Summarizer
+from aef.model.config import AEFConfig
+from aef.model.summarizer import Summarizer
 
 CFG = AEFConfig.from_preset("tiny")
 B, T, H, D = 2, 4, 8, CFG.d_p

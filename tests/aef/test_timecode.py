@@ -1,9 +1,9 @@
-"""aef.timecode: continuous float64 timecodes (docs/model.md §3)."""
+"""aef.model.timecode: continuous float64 timecodes (docs/model.md §3)."""
 
 import pytest
 import torch
 
-from aef import timecode as TC
+from aef.model import timecode as TC
 
 T0 = 1_700_000_000_000  # 2023-11-14
 MINUTE, DAY = 60_000, 86_400_000

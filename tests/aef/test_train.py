@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from aef.checkpoint import STATE_FILE, latest_checkpoint, list_checkpoints, load_state
-from aef import train as train_module
-from aef.cli import main
-from aef.data import SyntheticDataset, collate
+from aef.pipelines.checkpoint import STATE_FILE, latest_checkpoint, list_checkpoints, load_state
+from aef.pipelines import train as train_module
+from aef.pipelines.cli import main
+from aef.pipelines.data import SyntheticDataset, collate
 from aef.models import AEF
-from aef.train import StepBatches, step_generator, training_losses
+from aef.pipelines.train import StepBatches, step_generator, training_losses
 
 REPO = Path(__file__).resolve().parents[2]
 # A tiny model on 16 px patches with 3 frames keeps a step around a second on a shared CPU.

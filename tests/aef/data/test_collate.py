@@ -1,8 +1,8 @@
-"""aef.data.collate: padding frames and recording masks."""
+"""aef.pipelines.data.collate: padding frames and recording masks."""
 
 import torch
 
-from aef.data import collate, synthetic_sample
+from aef.pipelines.data import collate, synthetic_sample
 
 
 def test_pads_to_the_longest_and_masks_the_padding():

@@ -1,10 +1,10 @@
-"""aef.data.npz: one .npz per sample, a writer, a reader and a Dataset."""
+"""aef.pipelines.data.npz: one .npz per sample, a writer, a reader and a Dataset."""
 
 import numpy as np
 import pytest
 import torch
 
-from aef.data import NpzDataset, load_sample, save_sample, synthetic_sample
+from aef.pipelines.data import NpzDataset, load_sample, save_sample, synthetic_sample
 
 
 def test_round_trip(tmp_path):

@@ -1,10 +1,10 @@
-"""aef.data.synthetic: plausible, deterministic multi-source samples."""
+"""aef.pipelines.data.synthetic: plausible, deterministic multi-source samples."""
 
 import torch
 
-from aef.data import SyntheticDataset, synthetic_sample
-from aef.data.synthetic import DEFAULT_START_MS, YEAR_MS
-from aef.sources import REGISTRY
+from aef.pipelines.data import SyntheticDataset, synthetic_sample
+from aef.pipelines.data.synthetic import DEFAULT_START_MS, YEAR_MS
+from aef.model.sources import REGISTRY
 
 
 def test_deterministic_from_the_seed():

@@ -1,5 +1,5 @@
 """Input statistics behind ``aef stats``: per-source, per-band mean and standard deviation of the
-values after their transform (:mod:`aef.preprocess`), in one streaming pass.
+values after their transform (:mod:`aef.model.preprocess`), in one streaming pass.
 
 Each chunk (one ``.npz`` sample, or one window of a scene) is reduced to float64 count, mean and sum
 of squared deviations per band, and the chunks are combined with the pairwise update of Chan, Golub
@@ -16,8 +16,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import preprocess as _pre
-from . import sources as _sources
+from ..model import preprocess as _pre
+from ..model import sources as _sources
 from .geo import gdal_cache
 
 # Scene windows of this side bound the pass's memory to a few window-sized arrays.
@@ -103,7 +103,7 @@ def scene_windows(scene, window: int = WINDOW):
 
 def scene_statistics(scene, progress: bool = True, window: int = WINDOW, acc: Optional[StatsAccumulator] = None,
                      desc: str = "stats") -> _pre.Statistics:
-    """Statistics of every normalised input source of an open :class:`aef.geo.Scene`."""
+    """Statistics of every normalised input source of an open :class:`aef.pipelines.geo.Scene`."""
     from tqdm.auto import tqdm
 
     acc = acc or StatsAccumulator()
@@ -137,7 +137,7 @@ def expand_paths(paths: Iterable) -> list[Path]:
 
 def compute_statistics(paths: Sequence, progress: bool = True, scene_options: Optional[dict] = None) -> _pre.Statistics:
     """Statistics over ``.npz`` samples (files or folders of them) and scenes (``.json`` manifests or
-    ``.npz`` scenes; an ``.npz`` sample is a scene). ``scene_options`` go to :func:`aef.geo.open_scene`
+    ``.npz`` scenes; an ``.npz`` sample is a scene). ``scene_options`` go to :func:`aef.pipelines.geo.open_scene`
     for manifests."""
     from tqdm.auto import tqdm
 

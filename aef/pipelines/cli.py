@@ -54,7 +54,7 @@ def _positive(text: str) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .config import PRESETS
+    from ..model.config import PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), help="model preset (docs/model.md §5)")
     p.add_argument("--override", type=_overrides, default={}, metavar="JSON",
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(e)
 
     st = sub.add_parser("stats", help="per-source, per-band input statistics (after the transform) as JSON",
-                        description="Compute the per-band statistics of aef.preprocess (after each source's "
+                        description="Compute the per-band statistics of aef.model.preprocess (after each source's "
                                     "transform) over .npz samples (files or folders) or scenes (JSON manifests, "
                                     ".npz scenes), in one streaming pass.")
     st.add_argument("data", nargs="+", type=Path, help=".npz samples, folders of them, or scene manifests")
@@ -196,7 +196,7 @@ def parse_device(name: Optional[str]):
 def _check_config(args, default_preset: Optional[str]) -> None:
     """Build the config of --preset and --override now, so that a bad field is reported before any
     work, as a one-line error naming the field (type errors included)."""
-    from .config import AEFConfig
+    from ..model.config import AEFConfig
 
     preset = args.preset or default_preset
     if preset is None:
@@ -211,7 +211,7 @@ def _embed_model(args, device, scene):
     import torch
 
     from .checkpoint import load_model
-    from .models import AEF
+    from ..model.aef import AEF
 
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, device, args.backend, verify_weights=not args.no_verify_weights)
@@ -221,7 +221,7 @@ def _embed_model(args, device, scene):
     elif args.preset is not None:
         print(f"aef embed: no --checkpoint, using preset {args.preset!r} with random weights (seed "
               f"{args.seed}); the embeddings carry no meaning", file=sys.stderr)
-        from .preprocess import Statistics
+        from ..model.preprocess import Statistics
 
         if args.stats is not None:
             stats = Statistics.load(args.stats)

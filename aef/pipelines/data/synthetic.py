@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .. import sources as _sources
-from ..timecode import MS_PER_DAY
+from ...model import sources as _sources
+from ...model.timecode import MS_PER_DAY
 
 YEAR_MS = int(365.25 * MS_PER_DAY)
 # 8 input frames in total, and every target-only source.
@@ -30,7 +30,7 @@ def _smooth(g: torch.Generator, n: int, side: int, channels: int, cells: int = 4
 
 def synthetic_sample(side: int = 32, frames: Optional[Mapping[str, int]] = None, seed: int = 0,
                      start_ms: int = DEFAULT_START_MS, text_dim: Optional[int] = None) -> dict:
-    """One sample (see ``aef.data``) with ``frames[name]`` frames per source over one year."""
+    """One sample (see ``aef.pipelines.data``) with ``frames[name]`` frames per source over one year."""
     frames = dict(DEFAULT_FRAMES if frames is None else frames)
     g = torch.Generator().manual_seed(seed)
     ground = _smooth(g, 1, side, 8)[0]  # (L, L, 8) the "landscape" every source observes

@@ -17,7 +17,6 @@ edited on purpose; a config without the key (written by hand) loads unchecked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import random
@@ -29,27 +28,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..model.weights import WEIGHTS_HASH_KEY, CheckpointError, weights_digest  # noqa: F401  (this module's API)
+
 STATE_FILE = "state.pt"
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
-WEIGHTS_HASH_KEY = "weights_sha256"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or corrupt, with a message that says which file."""
-
-
-def weights_digest(state_dict) -> str:
-    """sha256 hex digest of a state dict's names, dtypes, shapes and raw bytes, in name order, so it
-    depends only on the tensors, not on how a file lays them out."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().to("cpu").contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
 def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
 
@@ -142,7 +125,7 @@ def load_model(path, device="cpu", backend: Optional[str] = "auto", verify_weigh
     (and for weights that do not match their stored hash, unless ``verify_weights`` is False)."""
     from aef_kernels import dispatch
 
-    from .models import AEF
+    from ..model.aef import AEF
 
     dispatch.requested_backend(backend)  # a bad name is the caller's error, not a damaged checkpoint
     folder = resolve(path)

@@ -1,6 +1,6 @@
 """Per-source input preprocessing: the one place where raw values become model values and back.
 
-Each row of the source registry (:mod:`aef.sources`) names its transform:
+Each row of the source registry (:mod:`aef.model.sources`) names its transform:
 
 - ``"optical"`` (sentinel2, landsat): ``log(x + 1)``, then a per-band z-score with the model's
   statistics, clipped to +-6 sigma. Negative values are invalid (reflectances and digital numbers
@@ -12,10 +12,10 @@ Each row of the source registry (:mod:`aef.sources`) names its transform:
 - ``"none"``: values are used as given.
 
 The statistics are per source and per band, computed *after* the transform (``aef stats``,
-:mod:`aef.stats`) and kept in the model's config, so a checkpoint carries the normalisation it was
+:mod:`aef.pipelines.stats`) and kept in the model's config, so a checkpoint carries the normalisation it was
 trained with. A model without statistics (``AEFConfig.statistics is None``) takes its inputs as
 already in model space: no transform is applied, only invalid values are removed. That is the
-convention of the synthetic data (``aef.data.synthetic``), which is generated in model space.
+convention of the synthetic data (``aef.pipelines.data.synthetic``), which is generated in model space.
 
 Training (inputs and reconstruction targets), embedding and the data loaders all go through this
 module: :meth:`aef.models.AEF` applies :func:`apply` to every input and target source, the loss is
@@ -210,7 +210,7 @@ def invert(y: torch.Tensor, source: _sources.Source, statistics: Optional[Statis
 
 
 def preprocess_inputs(inputs, specs: Mapping[str, _sources.Source], statistics: Optional[Statistics]):
-    """:func:`apply` to every source of an :class:`aef.inputs.Inputs`; pixel masks are narrowed to
+    """:func:`apply` to every source of an :class:`aef.model.inputs.Inputs`; pixel masks are narrowed to
     pixels with at least one valid band after the transform."""
     from dataclasses import replace
 

@@ -10,7 +10,6 @@ output is equivariant to the order of frames.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -20,42 +19,13 @@ import torch.nn.functional as F
 import aef_kernels as K
 
 from .config import AEFConfig
+from .layers import Mlp, resample_weight, sincos_2d
 from .projectors import downsample_mask
 
 # Factors between the paths: P (L/2) -> T (L/8) -> S (L/16).
 P_TO_T = 4
 T_TO_S = 2
 P_TO_S = P_TO_T * T_TO_S
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: Optional[int] = None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, out or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-def resample_weight(cout: int, cin: int, factor: Optional[int] = None, gain: float = 0.5) -> nn.Parameter:
-    """A resampling weight (Cout, Cin[, f, f]) with output variance ``gain**2`` times the input's, so
-    that the three-way sums of the exchange do not grow the activations block after block."""
-    shape = (cout, cin) if factor is None else (cout, cin, factor, factor)
-    fan_in = cin * (factor or 1) ** 2
-    return nn.Parameter(torch.randn(shape) * (gain / math.sqrt(fan_in)))
-
-
-def sincos_2d(h: int, w: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Fixed 2-D sinusoidal position code (h, w, dim) for any grid size; half the channels per axis."""
-    quarter = dim // 4
-    omega = 1.0 / (10_000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter))
-    ys = torch.arange(h, dtype=torch.float64, device=device)[:, None] * omega  # (h, dim/4)
-    xs = torch.arange(w, dtype=torch.float64, device=device)[:, None] * omega  # (w, dim/4)
-    code_y = torch.cat([ys.sin(), ys.cos()], dim=-1)[:, None, :].expand(h, w, 2 * quarter)
-    code_x = torch.cat([xs.sin(), xs.cos()], dim=-1)[None, :, :].expand(h, w, 2 * quarter)
-    code = torch.cat([code_y, code_x], dim=-1)
-    return F.pad(code, (0, dim - 4 * quarter)).to(dtype)  # (h, w, dim)
 
 
 class SpaceOperator(nn.Module):
@@ -190,7 +160,7 @@ class STPEncoder(nn.Module):
     """Path initialisation, ``blocks`` STP blocks and the final fuse.
 
     ``STPEncoder(config)``; ``forward(x_p0, timecode, mask)`` with x_p0
-    (B, T, L/2, L/2, d_p), timecode (B, T, tc) float (see ``aef.timecode.timecode``) and mask
+    (B, T, L/2, L/2, d_p), timecode (B, T, tc) float (see ``aef.model.timecode.timecode``) and mask
     (B, T, L/2, L/2) or (B, T) bool (True = valid) or None; returns F (B, T, L/2, L/2, d_p).
     Masked frames never reach valid frames; their outputs are unspecified.
     """

@@ -10,7 +10,7 @@ import torch.nn as nn
 import aef_kernels as K
 
 from .config import AEFConfig
-from .encoder import Mlp
+from .layers import Mlp
 
 
 class Summarizer(nn.Module):

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from .. import sources as _sources
-from ..timecode import finite_times
+from ...model import sources as _sources
+from ...model.timecode import finite_times
 from .npz import frame_valid
 
 # Padding frames are filled with NaN so that any leak of a masked frame shows up downstream.

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import preprocess as _pre
+from ..model import preprocess as _pre
 from . import quantize as _q
 from .geo import BAND_NAMES, EMBED_DIM, Grid, Scene, SceneError, block_row_bytes, calendar_year, create_raster, \
     format_time, gdal_cache, reading_errors, require_rasterio
@@ -228,10 +228,8 @@ def embed_scene(model, scene: Scene, out, *, period: Optional[tuple[int, int]] =
     Returns the path written. ``period`` is [start, end) epoch ms (default: the calendar year of the
     data). ``dtype`` is "int8" (the paper's quantisation, docs/model.md §9.1) or "float32". ``tags``
     are added to the raster's (see :func:`model_tags`). The output is a Cloud-Optimized GeoTIFF
-    (:mod:`aef.cog`) unless ``cog`` is False.
+    (:mod:`aef.pipelines.cog`) unless ``cog`` is False.
     """
-    from tqdm.auto import tqdm
-
     require_rasterio()
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype: expected one of {OUTPUT_DTYPES}, got {dtype!r}")

@@ -1,18 +1,18 @@
 """Pretraining loop behind ``aef train`` (docs/model.md §7).
 
-- Data: the synthetic generator or a folder of ``.npz`` samples (``aef.data``), batched by
+- Data: the synthetic generator or a folder of ``.npz`` samples (``aef.pipelines.data``), batched by
   :class:`StepBatches`, which maps every global step to a fixed set of sample indices, so that a
   resumed run sees exactly the batches the uninterrupted run would have seen.
 - The objective's random draws come from a generator seeded by (seed, step, rank); the global RNGs
   (vMF sampling) are saved in every checkpoint. On CPU, N steps + resume + N steps therefore give
   the same weights as 2N steps straight.
-- Adam with linear warm-up and linear decay (``aef.schedule``), gradient-norm clipping, bf16
+- Adam with linear warm-up and linear decay (``aef.pipelines.schedule``), gradient-norm clipping, bf16
   autocast on GPU.
 - Under ``torchrun``: one process per device, DistributedDataParallel, a distributed sampler, the
   global batch split evenly among processes; gloo on CPU, nccl on GPU.
 - Rank 0 shows a tqdm bar (loss terms, samples/s), appends metrics to ``RUN/metrics.csv``, writes
   TensorBoard logs to ``RUN/tensorboard`` when tensorboard is installed, and writes checkpoints
-  (``aef.checkpoint``) every ``checkpoint_every`` steps and at the end.
+  (``aef.pipelines.checkpoint``) every ``checkpoint_every`` steps and at the end.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def _run_args(args) -> dict:
 def _statistics(args, d: Dist) -> Optional[dict]:
     """The input statistics a new run stores in its model: --stats, else computed from --data before
     step 1; synthetic data are generated in model space and need none."""
-    from .preprocess import Statistics
+    from ..model.preprocess import Statistics
     from .stats import compute_statistics
 
     path = getattr(args, "stats", None)
@@ -207,7 +207,7 @@ def _dataset(args, model):
             return NpzDataset(args.data)
         except FileNotFoundError as e:
             raise ValueError(f"--data: {e}") from None
-    from . import sources
+    from ..model import sources
 
     for name in args.frames or {}:
         if name not in sources.REGISTRY:
@@ -297,7 +297,7 @@ def train(args) -> Optional[dict]:
 def _train(args, d: Dist) -> Optional[dict]:
     from tqdm.auto import tqdm
 
-    from .models import AEF
+    from ..model.aef import AEF
     from .schedule import build_optimizer
 
     run_dir = Path(args.run_dir)

@@ -73,7 +73,7 @@ class AEFConfig:
     input_sources: dict[str, int] = field(default_factory=lambda: _channels(INPUT_SOURCES))
     decode_sources: dict[str, int] = field(default_factory=lambda: _channels(TARGET_SOURCES))
     norm_eps: float = 1e-5
-    # Per-source input statistics (aef.preprocess.Statistics.to_dict()); None: inputs are model values.
+    # Per-source input statistics (aef.model.preprocess.Statistics.to_dict()); None: inputs are model values.
     statistics: Optional[dict] = None
     # Loss weights: loss = a * mean_i(w_i f_i) + b * uniformity + c * consistency + d * clip.
     loss_weights: dict[str, float] = field(

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..timecode import finite_times
+from ...model.timecode import finite_times
 
 FIELDS = ("source_data", "timestamps", "masks", "metadata")
 

@@ -21,7 +21,7 @@ JSON manifest (paths relative to the manifest's folder)::
     }
 
 A frame is either one GeoTIFF (``"path"``) holding the source's bands in registry order
-(``aef.sources``), or the bands listed in ``"bands"`` (registry names, any order); or one
+(``aef.model.sources``), or the bands listed in ``"bands"`` (registry names, any order); or one
 single-band file per band (``"paths"``), the way Landsat and Sentinel-2 are distributed. Bands a
 frame does not give are invalid. Validity is per band: a band is invalid where it is NaN or equals
 the nodata value (the frame's ``"nodata"``, else ``--nodata``, else the file's tag), and a pixel is
@@ -29,11 +29,11 @@ invalid only where all its bands are, or where the optional single-band ``mask``
 (nonzero = clear). SAR frames may be given in linear power (``"units": "linear"``); they are read
 as dB.
 
-Frames need not share a grid: each is brought onto the output grid (:mod:`aef.georef`: resolution,
+Frames need not share a grid: each is brought onto the output grid (:mod:`aef.pipelines.georef`: resolution,
 CRS, and the union or intersection of the frames' extents) on read, bilinear for data and nearest
 for masks.
 
-``.npz`` scene: the keys of the ``aef.data`` sample format (``source_data/<source>`` (N, H, W, C)
+``.npz`` scene: the keys of the ``aef.pipelines.data`` sample format (``source_data/<source>`` (N, H, W, C)
 float, ``timestamps/<source>`` (N,) int64 epoch ms, optionally ``masks/<source>`` (N, H, W) or (N,)
 bool, True = valid), so a saved training sample is a scene, with H and W free; optionally ``crs``
 (WKT or "EPSG:xxxx") and ``transform`` (the six affine coefficients a, b, c, d, e, f). Sources that
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import warnings
 import zipfile
@@ -59,8 +58,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import sources as _sources
-from .preprocess import linear_to_db as _linear_to_db
+from ..model import sources as _sources
+from ..model.preprocess import linear_to_db as _linear_to_db
 
 EMBED_DIM = 64
 BAND_NAMES = tuple(f"A{i:02d}" for i in range(EMBED_DIM))
@@ -266,7 +265,7 @@ class NpzScene(Scene):
 
 
 class ManifestScene(Scene):
-    """Frames listed in a JSON manifest, each brought onto one output grid (:mod:`aef.georef`)."""
+    """Frames listed in a JSON manifest, each brought onto one output grid (:mod:`aef.pipelines.georef`)."""
 
     def __init__(self, path: Path, resolution: Optional[float] = None, extent: str = "union", crs=None,
                  nodata: Optional[dict] = None):

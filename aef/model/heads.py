@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import aef_kernels as K
 
-from .encoder import Mlp
+from .layers import Mlp
 
 
 class DepthToSpaceUpsample(nn.Module):

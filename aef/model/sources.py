@@ -21,7 +21,7 @@ class Source:
     shift: int = 0
     # A static source (DEM) has no meaningful time; its frames still carry a timestamp.
     static: bool = False
-    # Preprocessing of the raw values (aef.preprocess): "optical", "sar" or "none".
+    # Preprocessing of the raw values (aef.model.preprocess): "optical", "sar" or "none".
     transform: str = "none"
 
     @property

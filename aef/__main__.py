@@ -1,0 +1,5 @@
+"""``python -m aef``: the ``aef`` command line."""
+
+from .pipelines.cli import main
+
+raise SystemExit(main())
