@@ -4,6 +4,14 @@ On a GPU each call is timed with a pair of CUDA events after warm-up; on CPU wit
 A call cycles through several input sets whose total size exceeds the last cache that would
 otherwise hold them (L2 on a GPU, per-core L2 on CPU), so no timing is of data already on chip.
 Statistics are the median and the 20th and 80th percentiles of the per-call times.
+
+Providers of one case are compared fairly (:func:`time_interleaved`): each is warmed up on its own
+first (its first call compiles, autotunes or picks a cuDNN algorithm outside any timing), then they
+are timed in rounds, each round running every provider's share of the repeats, in an order that
+rotates by one from round to round. So no provider is always first after the warm-up (when clocks,
+caches and the allocator are in whatever state the last warm-up left), and drift over the run (other
+work on the machine, clocks) falls on every provider alike. The per-round medians are kept, so the
+spread between rounds is reported beside the spread of single calls.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ class Stats:
     p20_ms: float
     p80_ms: float
     repeats: int
+    # The median of each round's calls, in round order (one round when timed alone).
+    round_medians_ms: tuple = ()
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -41,18 +51,23 @@ def quantile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def summarize(times_ms: Sequence[float]) -> Stats:
-    return Stats(quantile(times_ms, 0.5), quantile(times_ms, 0.2), quantile(times_ms, 0.8), len(times_ms))
+def summarize(times_ms: Sequence[float], rounds: Sequence[Sequence[float]] = ()) -> Stats:
+    """Quantiles of every call in ``times_ms``; ``rounds`` (the same calls split by round) adds the
+    per-round medians."""
+    return Stats(quantile(times_ms, 0.5), quantile(times_ms, 0.2), quantile(times_ms, 0.8), len(times_ms),
+                 tuple(quantile(r, 0.5) for r in rounds if r))
 
 
 @dataclass(frozen=True)
 class TimingPolicy:
-    """How long to warm up and to measure each case; the repeat count follows from the first calls."""
+    """How long to warm up and to measure each case; the repeat count follows from the first calls,
+    and the repeats are split over ``rounds`` rounds (fewer when there are fewer repeats)."""
 
     warmup_s: float
     budget_s: float
     min_repeats: int
     max_repeats: int
+    rounds: int = 5
 
 
 GPU_POLICY = TimingPolicy(warmup_s=0.1, budget_s=1.0, min_repeats=20, max_repeats=1000)
@@ -78,9 +93,10 @@ def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def time_calls(calls: Sequence[Callable[[], object]], device: torch.device, policy: TimingPolicy) -> Stats:
-    """Time ``calls`` (one closure per input set, used in rotation) after one untimed call (compilation,
-    autotuning, allocator growth) and ``policy.warmup_s`` of further calls, at least one."""
+def warm_up(calls: Sequence[Callable[[], object]], device: torch.device, policy: TimingPolicy) -> tuple[int, int]:
+    """One untimed call (compilation, autotuning, cuDNN's algorithm choice, allocator growth), then
+    ``policy.warmup_s`` of further calls, at least one. Returns how many repeats the budget allows at
+    the fastest warm call's speed, and the index of the input set to use next."""
     if not calls:
         raise ValueError("calls: expected at least one closure")
     calls[0]()
@@ -90,12 +106,58 @@ def time_calls(calls: Sequence[Callable[[], object]], device: torch.device, poli
         warm.append(_timed_call(calls[i % len(calls)], device))
         i += 1
     per_call_s = max(min(warm) / 1e3, 1e-7)
-    repeats = int(min(policy.max_repeats, max(policy.min_repeats, policy.budget_s / per_call_s)))
-    times = []
-    for _ in range(repeats):
-        times.append(_timed_call(calls[i % len(calls)], device))
-        i += 1
-    return summarize(times)
+    return int(min(policy.max_repeats, max(policy.min_repeats, policy.budget_s / per_call_s))), i
+
+
+def split_repeats(repeats: int, rounds: int) -> list[int]:
+    """``repeats`` calls over at most ``rounds`` rounds, as evenly as possible, none empty."""
+    n = max(1, min(rounds, repeats))
+    return [repeats // n + (r < repeats % n) for r in range(n)]
+
+
+def time_interleaved(providers: dict[str, Sequence[Callable[[], object]]], device: torch.device,
+                     policy: TimingPolicy) -> dict[str, "Stats | Exception"]:
+    """Time several providers of one case fairly: each warmed up on its own (:func:`warm_up`), then
+    ``policy.rounds`` rounds, round ``r`` running the providers in the order rotated by ``r`` and
+    each provider's share of its repeats in one block (calls cycle through its input sets).
+
+    A provider that raises is dropped from the remaining rounds; its entry is the exception."""
+    names = list(providers)
+    out: dict[str, Stats | Exception] = {}
+    plans, next_set = {}, {}
+    for name in names:
+        try:
+            repeats, next_set[name] = warm_up(providers[name], device, policy)
+        except Exception as exc:  # reported as the provider's failure; the others still run
+            out[name] = exc
+            continue
+        plans[name] = split_repeats(repeats, policy.rounds)
+    times: dict[str, list[list[float]]] = {name: [] for name in plans}
+    for r in range(max((len(p) for p in plans.values()), default=0)):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if name in out or r >= len(plans[name]):
+                continue
+            calls, block = providers[name], []
+            try:
+                for _ in range(plans[name][r]):
+                    block.append(_timed_call(calls[next_set[name] % len(calls)], device))
+                    next_set[name] += 1
+            except Exception as exc:
+                out[name] = exc
+                continue
+            times[name].append(block)
+    for name, rounds in times.items():
+        if name not in out:
+            out[name] = summarize([t for block in rounds for t in block], rounds)
+    return {name: out[name] for name in names}
+
+
+def time_calls(calls: Sequence[Callable[[], object]], device: torch.device, policy: TimingPolicy) -> Stats:
+    """Time one provider's ``calls`` (one closure per input set, used in rotation) after its warm-up."""
+    result = time_interleaved({"": calls}, device, policy)[""]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 @lru_cache(maxsize=None)

@@ -77,6 +77,9 @@ def timing_record(device: torch.device, policy: harness.TimingPolicy) -> dict:
         "min_repeats": policy.min_repeats,
         "max_repeats": policy.max_repeats,
         "rotation": "input sets cycled so that their total exceeds twice the device's L2",
+        "rounds": policy.rounds,
+        "order": ("each provider warmed up on its own before any timing; providers timed together "
+                  "(runner.run_providers) run in rounds whose order rotates by one; p20-p80 over all rounds' calls"),
         "cache_bytes": harness.cache_bytes(device.type, device.index or 0),
     }
 
@@ -126,43 +129,77 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_case(case: Case, provider: str, device: torch.device, policy: harness.TimingPolicy,
-             ceilings: Optional[dict], log=sys.stderr) -> dict:
+def _failure_row(key: dict, exc: BaseException) -> dict:
+    if isinstance(exc, (NotAvailable, K.BackendUnavailableError)):
+        return record.make_row(**key, status="not available", reason=" ".join(str(exc).split()))
+    if isinstance(exc, Skipped):
+        return record.make_row(**key, status="skipped", reason=str(exc))
+    # A provider that said it could run and then broke: a bug to report.
+    detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return record.make_row(**key, status="failed", reason=detail)
+
+
+def _ok_row(key: dict, case: Case, stats: harness.Stats, peak: Optional[int], ceilings: Optional[dict]) -> dict:
+    figures = dict(median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms,
+                   repeats=stats.repeats, peak_mem_bytes=peak)
+    if case.cost is not None:
+        seconds = stats.median_ms / 1e3
+        figures.update(bytes=float(case.cost.bytes), flops=float(case.cost.flops),
+                       gbps=case.cost.bytes / seconds / 1e9,
+                       tflops=case.cost.flops / seconds / 1e12 if case.cost.flops else None)
+        if ceilings is not None:
+            c = harness.ceilings_of(ceilings)
+            figures.update(roofline_fraction=roofline_fraction(case.cost, c, seconds), bound=bound(case.cost, c))
+    return record.make_row(**key, status="ok", **figures)
+
+
+def run_providers(case: Case, providers: Sequence[str], device: torch.device, policy: harness.TimingPolicy,
+                  ceilings: Optional[dict], log=sys.stderr) -> list[dict]:
+    """One row per provider of ``case``, in the order given: every provider that builds is warmed
+    up on its own and then timed interleaved with the others in rotating order
+    (:func:`harness.time_interleaved`); peak memory is measured after all timing."""
     t0 = time.perf_counter()
-    key = dict(section=case.section, shape=case.shape, mode=case.mode, provider=provider)
-    calls = None
+    keys = {p: dict(section=case.section, shape=case.shape, mode=case.mode, provider=p) for p in providers}
+    rows: dict[str, dict] = {}
+    calls: dict[str, Sequence[Callable[[], object]]] = {}
     try:
-        calls = case.build(provider)
-        stats = harness.time_calls(calls, device, policy)
-        peak = harness.peak_memory(calls[0], device)
-    except (NotAvailable, K.BackendUnavailableError) as exc:
-        row = record.make_row(**key, status="not available", reason=" ".join(str(exc).split()))
-    except Skipped as exc:
-        row = record.make_row(**key, status="skipped", reason=str(exc))
-    except Exception as exc:  # a provider that said it could run and then broke: a bug to report
-        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        row = record.make_row(**key, status="failed", reason=detail)
-    else:
-        figures = dict(median_ms=stats.median_ms, p20_ms=stats.p20_ms, p80_ms=stats.p80_ms,
-                       repeats=stats.repeats, peak_mem_bytes=peak)
-        if case.cost is not None:
-            seconds = stats.median_ms / 1e3
-            figures.update(bytes=float(case.cost.bytes), flops=float(case.cost.flops),
-                           gbps=case.cost.bytes / seconds / 1e9,
-                           tflops=case.cost.flops / seconds / 1e12 if case.cost.flops else None)
-            if ceilings is not None:
-                c = harness.ceilings_of(ceilings)
-                figures.update(roofline_fraction=roofline_fraction(case.cost, c, seconds), bound=bound(case.cost, c))
-        row = record.make_row(**key, status="ok", **figures)
+        for p in providers:
+            try:
+                calls[p] = case.build(p)
+            except Exception as exc:
+                rows[p] = _failure_row(keys[p], exc)
+        for p, stats in harness.time_interleaved(calls, device, policy).items():
+            if isinstance(stats, Exception):
+                rows[p] = _failure_row(keys[p], stats)
+                continue
+            try:
+                peak = harness.peak_memory(calls[p][0], device)
+            except Exception as exc:
+                rows[p] = _failure_row(keys[p], exc)
+                continue
+            rows[p] = _ok_row(keys[p], case, stats, peak, ceilings)
+            rounds = stats.round_medians_ms
+            spread = f", rounds {min(rounds):.3f}-{max(rounds):.3f} ms" if len(rounds) > 1 else ""
+            print(f"  {case.section} {case.shape} {case.mode} {p}: {stats.median_ms:.3f} ms{spread}",
+                  file=log, flush=True)
     finally:
-        del calls
-        if provider == COMPILE:
+        calls.clear()
+        if COMPILE in providers:
             torch._dynamo.reset()  # each case compiles afresh; Dynamo's per-function cache is never the limit
         _release(device)
-    status = row["status"] if row["status"] != "ok" else f"{row['median_ms']:.3f} ms"
-    print(f"  {case.section} {case.shape} {case.mode} {provider}: {status} [{time.perf_counter() - t0:.1f} s]",
-          file=log, flush=True)
-    return row
+    for p in providers:
+        if rows[p]["status"] != "ok":
+            print(f"  {case.section} {case.shape} {case.mode} {p}: {rows[p]['status']}", file=log, flush=True)
+    print(f"  {case.section} {case.shape} {case.mode}: {len(providers)} provider(s) "
+          f"[{time.perf_counter() - t0:.1f} s]", file=log, flush=True)
+    return [rows[p] for p in providers]
+
+
+def run_case(case: Case, provider: str, device: torch.device, policy: harness.TimingPolicy,
+             ceilings: Optional[dict], log=sys.stderr) -> dict:
+    """The row of one provider timed alone (warm-up, then its rounds); comparing providers of one
+    case is :func:`run_providers`' job."""
+    return run_providers(case, [provider], device, policy, ceilings, log)[0]
 
 
 def finish(result: dict, args: argparse.Namespace) -> int:

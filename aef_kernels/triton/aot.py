@@ -22,9 +22,14 @@ take the backend's defaults. Launches that compile to the same kernel are compil
 
 :func:`compile_spec` compiles one spec for one compute capability and reports the shared memory the
 kernel needs against the target's limit, its registers per thread and its per-thread stack + local
-memory in bytes (register spills). ``tests/aef_kernels/triton/test_aot.py`` compiles every spec for
-sm_80 and sm_90 and fails when shared memory does not fit or a hot kernel spills; ``python -m
-aef_kernels.triton.aot`` prints the same table.
+memory in bytes (register spills), and what decides its speed as the compiler wrote it (see
+:class:`AOTResult`): local-memory instructions in the PTX and the SASS, which instructions carry its
+matrix products (``wgmma.mma_async``, ``mma.sync`` or neither), the widest global access of every
+load and store site, and the tiles over which its layouts place more warps than the tile has work
+for. ``tests/aef_kernels/triton/test_aot.py`` compiles every spec for sm_80 and sm_90 and fails when
+shared memory does not fit or a hot kernel spills, ``tests/aef_kernels/triton/test_perf_contract.py``
+holds the hot kernels to the static performance contract; ``python -m aef_kernels.triton.aot``
+prints the table.
 
 Under ``TRITON_INTERPRET=1`` ``@triton.jit`` (including the jitted helpers of ``triton.language``
 such as ``tl.sum``) yields interpreter wrappers the compiler cannot take, so a process that runs the
@@ -44,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -58,6 +63,13 @@ from .common import Launch, recording
 
 # Maximum dynamic shared memory per block (opt-in), bytes.
 SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+# Per SM (CUDA C Programming Guide, "Compute Capabilities", table of technical specifications):
+# shared memory, resident warps and blocks; 64K 32-bit registers in four sub-partitions on all of
+# them; each block also takes 1 KB of shared memory for the system.
+SM_SHARED = {80: 164 * 1024, 86: 100 * 1024, 89: 100 * 1024, 90: 228 * 1024}
+SM_WARPS = {80: 64, 86: 48, 89: 48, 90: 64}
+SM_BLOCKS = {80: 32, 86: 16, 89: 24, 90: 32}
+SM_REGISTERS, SM_PARTITIONS, REGISTER_UNIT, BLOCK_RESERVED_SHARED = 64 * 1024, 4, 256, 1024
 TARGETS = (80, 90)
 # The Triton versions whose JIT internals the specialisation below reuses (binder and _pack_args
 # have the same shape from 3.6 to 3.9).
@@ -97,6 +109,32 @@ class AOTSpec:
 
 
 @dataclass(frozen=True)
+class Access:
+    """One global load or store site of the kernel source (``line``:``column`` of ``tl.load`` or
+    ``tl.store``): the pointer's name without ``_ptr``, the rank of the tensor of pointers in the
+    TTGIR (0: scalar, 1: a vector, 2+: a tile) and the widest access the PTX makes for it, in bytes
+    (``ld.global``/``st.global`` vector width times element size, or a ``cp.async`` copy size)."""
+
+    operand: str
+    kind: str
+    line: int
+    column: int
+    rank: int
+    bytes: int
+    instruction: str
+
+
+@dataclass(frozen=True)
+class WarpDuplication:
+    """A tile whose distributed layout places ``factor`` times more warps along some dimension
+    than the tile has (each extra warp holds and computes a copy)."""
+
+    layout: str
+    shape: list
+    factor: int
+
+
+@dataclass(frozen=True)
 class AOTResult:
     name: str
     module: str
@@ -111,10 +149,42 @@ class AOTResult:
     hot: bool
     uses: int
     seconds: float
+    # The element type of the kernel's floating-point tensors: a 16-bit one if any pointer is to
+    # bf16/fp16, else fp32.
+    dtype: str = ""
+    # ld.local/st.local in the PTX (local arrays) and LDL/STL in the SASS (also ptxas's spills).
+    local_ptx: int = 0
+    local_sass: int = 0
+    # Element types of the operands of the TTGIR's dots, and what carries them in the PTX:
+    # "wgmma", "mma" (mma.sync), "fma" (dots but no matrix instruction), "" (no dot).
+    dot_types: list = field(default_factory=list)
+    mma: str = ""
+    accesses: list = field(default_factory=list)
+    warp_duplication: list = field(default_factory=list)
+
+    def __post_init__(self):
+        # From JSON (run_isolated) the nested records arrive as dicts.
+        object.__setattr__(self, "accesses", [a if isinstance(a, Access) else Access(**a) for a in self.accesses])
+        object.__setattr__(self, "warp_duplication", [d if isinstance(d, WarpDuplication) else WarpDuplication(**d)
+                                                      for d in self.warp_duplication])
 
     @property
     def fits(self) -> bool:
         return self.shared <= self.shared_limit
+
+    @property
+    def blocks_per_sm(self) -> int:
+        """Resident blocks per SM that registers, shared memory, warps and the block limit allow on
+        a ``cc`` device (registers are allocated per warp in units of 256, and a warp's registers
+        come from one of the four sub-partitions)."""
+        per_warp = -(-self.registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+        by_registers = SM_PARTITIONS * (SM_REGISTERS // SM_PARTITIONS // per_warp) // self.num_warps
+        by_shared = SM_SHARED[self.cc] // (self.shared + BLOCK_RESERVED_SHARED)
+        return min(by_registers, by_shared, SM_WARPS[self.cc] // self.num_warps, SM_BLOCKS[self.cc])
+
+    @property
+    def warps_per_sm(self) -> int:
+        return self.blocks_per_sm * self.num_warps
 
     def row(self) -> str:
         return (f"{self.name:<64} sm_{self.cc}  warps={self.num_warps} stages={self.num_stages}  "
@@ -215,26 +285,182 @@ def collect_specs(cc: int, modules=None, sweep: bool = False) -> list[AOTSpec]:
     return [AOTSpec(**{**s, "options": s["options"].__dict__}) for s in specs.values()]
 
 
-def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
-    """(registers, stack + local bytes) per thread of kernel ``name`` in ``cubin``.
+def _resource_usage(cubin: bytes, name: str) -> tuple[int, int, int]:
+    """(registers, stack + local bytes, LDL + STL instructions) per thread of kernel ``name`` in
+    ``cubin``.
 
     Read from the cubin because the compiled kernel's ``n_regs``/``n_spills`` are only filled in
     when it is loaded on a device. Triton kernels have no local arrays, so stack and local memory
     hold register spills (ptxas puts them in the stack frame when it calls out-of-line helpers).
+    Without a stack frame or local memory there is nowhere for LDL/STL to go, so the SASS (half a
+    second per kernel to dump) is read only when there is one.
     """
     tool = triton.knobs.nvidia.cuobjdump.path
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
         path = f.name
     try:
-        out = subprocess.run([tool, "--dump-resource-usage", path], check=True, capture_output=True,
-                             text=True).stdout
+        dump = lambda *flags: subprocess.run([tool, *flags, path], check=True, capture_output=True, text=True).stdout
+        out = dump("--dump-resource-usage")
+        match = re.search(rf"Function {re.escape(name)}:\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)",
+                          out)
+        if match is None:
+            raise RuntimeError(f"cuobjdump reported no resource usage for {name}:\n{out}")
+        frame = int(match.group(2)) + int(match.group(3))
+        local = len(re.findall(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?(?:LDL|STL)\b", dump("--dump-sass"), re.M)) \
+            if frame else 0
     finally:
         os.remove(path)
-    match = re.search(rf"Function {re.escape(name)}:\s*\n\s*REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)", out)
-    if match is None:
-        raise RuntimeError(f"cuobjdump reported no resource usage for {name}:\n{out}")
-    return int(match.group(1)), int(match.group(2)) + int(match.group(3))
+    return int(match.group(1)), frame, local
+
+
+_FLOAT_POINTER = re.compile(r"\*(bf16|fp16|fp32)$")
+_ELEMENT_BYTES = {"b8": 1, "u8": 1, "s8": 1, "b16": 2, "u16": 2, "s16": 2, "f16": 2, "b32": 4, "u32": 4, "s32": 4,
+                  "f32": 4, "b64": 8, "u64": 8, "s64": 8, "f64": 8, "b128": 16}
+
+
+def _dtype(signature: dict) -> str:
+    types = {m.group(1) for t in signature.values() if (m := _FLOAT_POINTER.match(str(t)))}
+    return next((t for t in ("bf16", "fp16") if t in types), "fp32")
+
+
+def _mlir_site(text: str):
+    m = re.match(r'"([^"]+)":(\d+):(\d+)', text)
+    return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3)))
+
+
+def _mlir_locations(ttgir: str) -> dict:
+    """``#locN`` -> (file, line, column) of the innermost call (what the PTX's ``.loc`` names)."""
+    raw = dict(re.findall(r"^(#loc\d*) = loc\((.*)\)\s*$", ttgir, re.M))
+    resolved: dict = {}
+
+    def resolve(text: str):
+        if (site := _mlir_site(text)) is not None:
+            return site
+        if (m := re.match(r"callsite\((#loc\d*) at", text)) or (m := re.match(r'"[^"]*"\((#loc\d*)\)', text)):
+            return lookup(m.group(1))
+        return None
+
+    def lookup(ref: str):
+        if ref not in resolved:
+            resolved[ref] = None
+            resolved[ref] = resolve(raw.get(ref, "unknown"))
+        return resolved[ref]
+
+    return {ref: lookup(ref) for ref in raw}
+
+
+def _pointer_ranks(ttgir: str) -> dict:
+    """(file, line, column) of every global load, async copy and store -> rank of its pointer tensor."""
+    locations = _mlir_locations(ttgir)
+    ranks: dict = {}
+    for line in ttgir.splitlines():
+        if not re.search(r"= tt\.load |\btt\.store |ttg\.async_copy_global_to_local ", line):
+            continue
+        where = re.search(r"loc\((#loc\d*|\"[^\"]+\":\d+:\d+)\)\s*$", line)
+        site = None if where is None else locations.get(where.group(1)) or _mlir_site(where.group(1))
+        if site is None:
+            continue
+        shape = re.search(r"tensor<([0-9x]+)x!tt\.ptr<", line)
+        ranks[site] = max(ranks.get(site, 0), len(shape.group(1).split("x")) if shape else 0)
+    return ranks
+
+
+def _accesses(ptx: str, ttgir: str) -> list[Access]:
+    """Every global load/store site with the widest access the PTX makes for it."""
+    files = dict(re.findall(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', ptx, re.M))
+    ranks = _pointer_ranks(ttgir)
+    sources: dict = {}
+    widest: dict = {}
+    loc, in_asm, asm_loc = None, False, None
+    for line in ptx.splitlines():
+        # LLVM numbers the lines of an inline asm block on from its call's line (one .loc per asm
+        # line), so inside a block only its first .loc is the call's.
+        if "// begin inline asm" in line:
+            in_asm, asm_loc = True, None
+        elif "// end inline asm" in line:
+            in_asm = False
+        if (m := re.match(r"\s*\.loc\s+(\d+)\s+(\d+)\s+(\d+)", line)) is not None:
+            if not in_asm or asm_loc is None:
+                loc = (files.get(m.group(1)), int(m.group(2)), int(m.group(3)))
+                asm_loc = loc if in_asm else None
+            continue
+        if (m := re.search(r"\b(ld|st)\.global((?:\.[\w:]+)*)\s", line)) is not None:
+            parts = m.group(2).split(".")
+            vector = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d+", p)), 1)
+            width = vector * next((_ELEMENT_BYTES[p] for p in reversed(parts) if p in _ELEMENT_BYTES), 0)
+            kind, instruction = ("load" if m.group(1) == "ld" else "store"), f"{m.group(1)}.global{m.group(2)}"
+        elif (m := re.search(r"\bcp\.async\.\w+\.shared\.global\s+\[[^]]*\],\s*\[[^]]*\],\s*(\w+)", line)) is not None:
+            width, kind, instruction = int(m.group(1), 0), "load", "cp.async"
+        else:
+            continue
+        if loc is None or loc[0] is None:
+            continue
+        if widest.get(loc, (0,))[0] < width:
+            widest[loc] = (width, kind, instruction)
+    out = []
+    for (path, line_no, column), (width, kind, instruction) in sorted(widest.items(), key=lambda i: i[0][1:]):
+        if path not in sources:
+            try:
+                with open(path) as f:
+                    sources[path] = f.read().splitlines()
+            except OSError:
+                sources[path] = []
+        text = sources[path][line_no - 1] if line_no <= len(sources[path]) else ""
+        calls = [(c.start() + 1, c.group(1)) for c in re.finditer(r"tl\.(?:load|store|atomic_\w+)\(\s*(\w+)", text)]
+        name = next((n for col, n in calls if col == column), calls[0][1] if calls else f"{os.path.basename(path)}:{line_no}")
+        out.append(Access(name.removesuffix("_ptr"), kind, line_no, column,
+                          ranks.get((path, line_no, column), 0), width, instruction))
+    return out
+
+
+def _layouts(ttgir: str) -> dict:
+    """Layout alias -> (kind, warps per dimension, the extent one warp covers per dimension)."""
+    layouts = {}
+    for alias, kind, body in re.findall(r"^(#\w+) = #ttg\.(blocked|nvidia_mma)<\{(.*)\}>\s*$", ttgir, re.M):
+        fields = {k: [int(v) for v in re.findall(r"\d+", vals)]
+                  for k, vals in re.findall(r"(\w+) = \[([^\]]*)\]", body)}
+        warps = fields["warpsPerCTA"]
+        if kind == "blocked":
+            unit = [s * t for s, t in zip(fields["sizePerThread"], fields["threadsPerWarp"])]
+        else:
+            # One warp of an mma layout covers 16 rows and one instruction's columns (for wgmma the
+            # instruction is a warpgroup's, so a warp covers 16 of its 64 rows and all its columns).
+            unit = [16, fields["instrShape"][1]]
+        layouts[alias] = (kind, warps, unit, f"{kind} warps={warps}")
+    return layouts
+
+
+def _warp_duplication(ttgir: str) -> list[WarpDuplication]:
+    """Tiles (tensors of rank 2 or more, no dimension of size 1) in a blocked or mma layout with
+    more warps along a dimension than the tile has extent for: each such warp duplicates another."""
+    layouts = _layouts(ttgir)
+    found = {}
+    for shape, alias in set(re.findall(r"tensor<((?:\d+x){2,})[^,>]*, (#\w+)>", ttgir)):
+        dims = [int(d) for d in shape.rstrip("x").split("x")]
+        if alias not in layouts or 1 in dims or len(dims) != len(layouts[alias][1]):
+            continue
+        _, warps, unit, desc = layouts[alias]
+        factor = 1
+        for extent, w, u in zip(dims, warps, unit):
+            needed = max(1, -(-extent // u))
+            factor *= max(1, w // needed)
+        if factor > 1:
+            found[(desc, tuple(dims))] = factor
+    return [WarpDuplication(desc, list(dims), f) for (desc, dims), f in sorted(found.items())]
+
+
+def _dots(ttgir: str, ptx: str) -> tuple[list, str]:
+    types = set()
+    for line in ttgir.splitlines():
+        if re.search(r"= (tt\.dot|ttng\.warp_group_dot) ", line):
+            operands = line.split(" : ", 1)[1].split("->")[0]
+            types |= set(re.findall(r"<(?:\d+x)+(\w+)[,>]", operands))
+    if not types:
+        return [], ""
+    if "wgmma.mma_async" in ptx:
+        return sorted(types), "wgmma"
+    return sorted(types), "mma" if re.search(r"\bmma\.sync\.", ptx) else "fma"
 
 
 def compile_spec(spec: AOTSpec, cc: int) -> AOTResult:
@@ -247,9 +473,15 @@ def compile_spec(spec: AOTSpec, cc: int) -> AOTResult:
     start = time.perf_counter()
     src = ASTSource(spec.kernel, spec.signature, spec.constexprs, spec.attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=dict(spec.options))
-    registers, spills = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
-    return AOTResult(spec.name, spec.kernel.__module__, spec.kernel.__name__, cc, spec.num_warps, spec.num_stages, compiled.metadata.shared,
-                     SHARED_LIMITS[cc], registers, spills, spec.hot, spec.uses, time.perf_counter() - start)
+    registers, spills, local_sass = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
+    ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
+    dot_types, mma = _dots(ttgir, ptx)
+    return AOTResult(spec.name, spec.kernel.__module__, spec.kernel.__name__, cc, spec.num_warps, spec.num_stages,
+                     compiled.metadata.shared, SHARED_LIMITS[cc], registers, spills, spec.hot, spec.uses,
+                     time.perf_counter() - start, dtype=_dtype(spec.signature),
+                     local_ptx=len(re.findall(r"\b(?:ld|st)\.local\b", ptx)), local_sass=local_sass,
+                     dot_types=dot_types, mma=mma, accesses=_accesses(ptx, ttgir),
+                     warp_duplication=_warp_duplication(ttgir))
 
 
 def run_isolated(targets=TARGETS, modules=None, sweep: bool = False, jobs: int | None = None,

@@ -1,7 +1,8 @@
 """Ahead-of-time compilation, for sm_80 and sm_90 and without a GPU, of exactly what the Triton
 launchers launch at the model's shapes (see ``aef_kernels.triton.aot``).
 
-The compilation runs once per session in child processes without the interpreter; the table of
+The compilation runs once per session in child processes without the interpreter (the
+``aot_results`` fixture of this folder's conftest, shared with test_perf_contract); the table of
 shared memory, registers and spills is printed and written to ``aot_report.txt`` in the pytest
 temporary directory. ``AEF_AOT_SWEEP=1`` adds the shapes outside the model's (about three times the
 compilations).
@@ -22,14 +23,8 @@ MODULES = {m.__name__: m for m in (attention, precision, resample, sphere, gemm)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    results = aot.run_isolated(aot.TARGETS, sweep=os.environ.get("AEF_AOT_SWEEP") == "1")
-    report = tmp_path_factory.mktemp("aot") / "aot_report.txt"
-    report.write_text("\n".join(r.row() for r in results) + "\n")
-    print(f"\nAOT report ({len(results)} compilations): {report}")
-    for r in results:
-        print(r.row())
-    return results
+def results(aot_results):
+    return aot_results
 
 
 def _name(kernel) -> str:
