@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .train import TrainConfig as D  # the run's defaults are the config's
+
     t = sub.add_parser("train", help="pretrain a model (resumable; multi-GPU with torchrun)",
                        description="Pretrain AEF with the objective and schedule of docs/model.md §6-§7. Run under "
                                    "torchrun for DistributedDataParallel (gloo on CPU, nccl on GPU).")
@@ -107,21 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stats", type=Path, metavar="JSON",
                    help="input statistics (aef stats) stored in the model; default: computed from --data "
                         "before step 1")
-    t.add_argument("--side", type=_positive, default=32, help="patch side L of synthetic samples (default 32)")
+    t.add_argument("--side", type=_positive, default=D.side, help="patch side L of synthetic samples (default %(default)s)")
     t.add_argument("--frames", type=_frames, default=None, metavar="NAME=N,...",
                    help="frames per source of synthetic samples, e.g. sentinel2=4,sentinel1=2,glo30=1 "
                         "(default: the generator's, every registered source)")
-    t.add_argument("--steps", type=_positive, default=1000, help="total optimizer steps (default 1000)")
-    t.add_argument("--batch-size", type=_positive, default=8,
-                   help="global batch size, split evenly among torchrun processes (default 8)")
-    t.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    t.add_argument("--steps", type=_positive, default=D.steps, help="total optimizer steps (default %(default)s)")
+    t.add_argument("--batch-size", type=_positive, default=D.batch_size,
+                   help="global batch size, split evenly among torchrun processes (default %(default)s)")
+    t.add_argument("--lr", type=float, default=D.lr, help="peak learning rate (default %(default)s)")
     t.add_argument("--warmup", type=int, default=None, metavar="STEPS",
                    help="linear warm-up steps (default: 1%% of --steps), then linear decay to 0")
-    t.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clipping (default 1.0; 0: off)")
-    t.add_argument("--checkpoint-every", type=_positive, default=100, help="steps between checkpoints")
-    t.add_argument("--keep", type=_positive, default=3, help="checkpoints kept (default 3)")
-    t.add_argument("--log-every", type=_positive, default=10, help="steps between metric rows")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    t.add_argument("--clip-grad", type=float, default=D.clip_grad, help="gradient-norm clipping (default %(default)s; 0: off)")
+    t.add_argument("--checkpoint-every", type=_positive, default=D.checkpoint_every, help="steps between checkpoints")
+    t.add_argument("--keep", type=_positive, default=D.keep, help="checkpoints kept (default %(default)s)")
+    t.add_argument("--log-every", type=_positive, default=D.log_every, help="steps between metric rows")
+    t.add_argument("--workers", type=int, default=D.workers, help="DataLoader worker processes (default %(default)s)")
     t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     t.add_argument("--stop-after", type=_positive, metavar="STEP",
                    help="stop (with a checkpoint) after this step, e.g. to fit a job's time limit; the "
@@ -334,10 +336,10 @@ def cmd_stats(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import TrainConfig, train
 
     _check_config(args, "small")
-    train(args)
+    train(TrainConfig.from_args(args))
     return 0
 
 

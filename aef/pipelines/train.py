@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -39,9 +39,54 @@ from . import checkpoint as ckpt
 
 METRICS = "metrics.csv"
 DEFAULT_SYNTHETIC = 256
-# Arguments that define the run; resuming with different values would silently train another run.
+# Settings that define the run; resuming with different values would silently train another run.
 RUN_ARGS = ("preset", "override", "steps", "batch_size", "lr", "warmup", "seed", "side", "frames", "synthetic",
             "data")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run is given: ``aef train``'s options, one field each (the CLI's
+    defaults are these), so a run can be started from Python as from the command line."""
+
+    run_dir: Path
+    preset: Optional[str] = None
+    override: dict = field(default_factory=dict)  # AEFConfig fields over the preset's
+    backend: Optional[str] = None
+    seed: int = 0
+    device: Optional[str] = None
+    no_progress: bool = False
+    synthetic: Optional[int] = None  # N synthetic samples (DEFAULT_SYNTHETIC when data is None)
+    data: Optional[Path] = None  # a folder of .npz samples
+    stats: Optional[Path] = None  # input statistics JSON; default: computed from data
+    side: int = 32
+    frames: Optional[dict] = None
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    warmup: Optional[int] = None  # default: 1% of steps
+    clip_grad: float = 1.0  # 0: off
+    checkpoint_every: int = 100
+    keep: int = 3
+    log_every: int = 10
+    workers: int = 0
+    resume: bool = False
+    stop_after: Optional[int] = None
+
+    @classmethod
+    def from_args(cls, args) -> "TrainConfig":
+        """The config of parsed ``aef train`` arguments."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def warmup_steps(self) -> int:
+        warmup = self.warmup if self.warmup is not None else max(1, round(0.01 * self.steps))
+        if not 0 <= warmup <= self.steps:
+            raise ValueError(f"--warmup {warmup} must be between 0 and --steps {self.steps}")
+        return warmup
+
+    def last_step(self) -> int:
+        """The step this invocation stops after: --stop-after, else the end of the schedule."""
+        return min(self.steps, self.stop_after) if self.stop_after else self.steps
 
 
 @dataclass(frozen=True)
@@ -169,50 +214,50 @@ class MetricsLog:
             self.tb.close()
 
 
-def _run_args(args) -> dict:
+def _run_args(cfg: TrainConfig) -> dict:
     out = {}
     for k in RUN_ARGS:
-        v = getattr(args, k)
+        v = getattr(cfg, k)
         out[k] = str(v) if isinstance(v, (Path, dict)) else v
     return out
 
 
-def _statistics(args, d: Dist) -> Optional[dict]:
+def _statistics(cfg: TrainConfig, d: Dist) -> Optional[dict]:
     """The input statistics a new run stores in its model: --stats, else computed from --data before
     step 1; synthetic data are generated in model space and need none."""
     from ..model.preprocess import Statistics
     from .stats import compute_statistics
 
-    path = getattr(args, "stats", None)
+    path = cfg.stats
     if path is not None:
         return Statistics.load(path).to_dict()
-    if args.data is None:
+    if cfg.data is None:
         if d.main:
             print("aef train: synthetic data are in model space; no input statistics", file=sys.stderr)
         return None
-    if not Path(args.data).is_dir():
-        raise ValueError(f"--data: {args.data} is not a folder")
+    if not Path(cfg.data).is_dir():
+        raise ValueError(f"--data: {cfg.data} is not a folder")
     if d.main:
-        print(f"aef train: computing input statistics from {args.data} (pass --stats to skip)", file=sys.stderr)
-    return compute_statistics([args.data], progress=d.main and not args.no_progress).to_dict()
+        print(f"aef train: computing input statistics from {cfg.data} (pass --stats to skip)", file=sys.stderr)
+    return compute_statistics([cfg.data], progress=d.main and not cfg.no_progress).to_dict()
 
 
-def _dataset(args, model):
+def _dataset(cfg: TrainConfig, model):
     from .data import NpzDataset, SyntheticDataset
 
-    if args.data is not None:
-        if not Path(args.data).is_dir():
-            raise ValueError(f"--data: {args.data} is not a folder")
+    if cfg.data is not None:
+        if not Path(cfg.data).is_dir():
+            raise ValueError(f"--data: {cfg.data} is not a folder")
         try:
-            return NpzDataset(args.data)
+            return NpzDataset(cfg.data)
         except FileNotFoundError as e:
             raise ValueError(f"--data: {e}") from None
     from ..model import sources
 
-    for name in args.frames or {}:
+    for name in cfg.frames or {}:
         if name not in sources.REGISTRY:
             raise ValueError(f"--frames: unknown source {name!r}; known sources: {', '.join(sources.REGISTRY)}")
-    return SyntheticDataset(args.synthetic or DEFAULT_SYNTHETIC, side=args.side, frames=args.frames, seed=args.seed,
+    return SyntheticDataset(cfg.synthetic or DEFAULT_SYNTHETIC, side=cfg.side, frames=cfg.frames, seed=cfg.seed,
                             text_dim=model.config.text_dim)
 
 
@@ -288,23 +333,39 @@ def distributed(device: Optional[str] = None) -> Iterator[Dist]:
         shutdown_distributed(d)
 
 
-def train(args) -> Optional[dict]:
-    """Run ``aef train`` with the parsed arguments; returns rank 0's last metrics row."""
-    with distributed(args.device) as d:
-        return _train(args, d)
+def train(config: TrainConfig) -> Optional[dict]:
+    """Run one training run (``aef train``); returns rank 0's last metrics row."""
+    with distributed(config.device) as d:
+        return _train(config, d)
 
 
-def _train(args, d: Dist) -> Optional[dict]:
-    from tqdm.auto import tqdm
+def _train(cfg: TrainConfig, d: Dist) -> Optional[dict]:
+    run_dir, resume_from = _open_run_dir(cfg, d)
+    warmup = cfg.warmup_steps()
+    torch.manual_seed(cfg.seed)
+    model, state, start = _model(cfg, d, resume_from)
+    optimizer, scheduler = _optimizer(cfg, d, model, warmup, state, resume_from, start)
+    stop = cfg.last_step()
+    if start >= stop and d.main:
+        print(f"aef train: {resume_from} is at step {start}; nothing to do up to step {stop}", file=sys.stderr)
+    loader = _loader(cfg, d, model, start, stop)
+    last_row = _run_steps(cfg, d, run_dir, model, optimizer, scheduler, loader, start, stop,
+                          resumed=resume_from is not None)
+    if d.main and start < stop < cfg.steps:
+        print(f"aef train: stopped after step {stop} of {cfg.steps}, as --stop-after asked; checkpoint "
+              f"{ckpt.latest_checkpoint(run_dir)}. Continue with"
+              + (" (under torchrun, as this run was started)" if d.world > 1 else "")
+              + f":\n  {resume_command(cfg)}", file=sys.stderr)
+    return last_row
 
-    from ..model.aef import AEF
-    from .schedule import build_optimizer
 
-    run_dir = Path(args.run_dir)
+def _open_run_dir(cfg: TrainConfig, d: Dist) -> tuple[Path, Optional[Path]]:
+    """The run's folder (created by rank 0) and the checkpoint to resume from, if any."""
+    run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--run-dir {run_dir} is not a folder (it is a file); give the run's folder")
-    resume_from = ckpt.latest_checkpoint(run_dir) if args.resume else None
-    if not args.resume and ckpt.list_checkpoints(run_dir):
+    resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and ckpt.list_checkpoints(run_dir):
         raise ValueError(f"--run-dir {run_dir} already has checkpoints; pass --resume to continue that run, "
                          "or choose another folder")
     if d.main:
@@ -312,133 +373,141 @@ def _train(args, d: Dist) -> Optional[dict]:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"--run-dir {run_dir}: cannot create the folder ({e.strerror or e})") from None
-        if args.resume and resume_from is None:
+        if cfg.resume and resume_from is None:
             print(f"aef train: no checkpoint in {run_dir}, starting from step 0", file=sys.stderr)
-    warmup = args.warmup if args.warmup is not None else max(1, round(0.01 * args.steps))
-    if not 0 <= warmup <= args.steps:
-        raise ValueError(f"--warmup {warmup} must be between 0 and --steps {args.steps}")
+    return run_dir, resume_from
 
-    torch.manual_seed(args.seed)
-    start, state = 0, None
-    if resume_from is not None:
-        state = ckpt.load_state(resume_from)
-        saved = state.get("args", {})
-        changed = {k: (saved.get(k), v) for k, v in _run_args(args).items() if saved.get(k) != v}
-        if changed:
-            raise ValueError(f"--resume: {resume_from} belongs to a run with other settings: " + ", ".join(
-                f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
-        model = ckpt.load_model(resume_from, d.device, args.backend)
-        start = int(state["step"])
-    else:
-        model = AEF(args.preset or "small", backend=args.backend, statistics=_statistics(args, d),
-                    **args.override).to(d.device)
-    model.train()
-    optimizer, scheduler = build_optimizer(model.parameters(), args.steps, lr=args.lr,
-                                           warmup_fraction=warmup / args.steps)
-    if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise ckpt.CheckpointError(f"{resume_from}: the training state does not fit this model "
-                                       f"({type(e).__name__}: {e})") from None
-        rngs = state["rng"]
-        if len(rngs) == d.world:
-            ckpt.set_rng_state(rngs[d.rank])
-        else:
-            torch.manual_seed(args.seed + 1 + d.rank + start)
-            if d.main:
-                print(f"aef train: the checkpoint was written by {len(rngs)} processes, this run has {d.world}; "
-                      "the vMF noise streams are re-seeded", file=sys.stderr)
-    else:
-        # Processes share the initial weights (seed above) but draw different vMF noise.
-        torch.manual_seed(args.seed + 1 + d.rank)
-    module = wrap_ddp(model, d)
 
-    stop = min(args.steps, args.stop_after) if args.stop_after else args.steps
-    if start >= stop and d.main:
-        print(f"aef train: {resume_from} is at step {start}; nothing to do up to step {stop}", file=sys.stderr)
-    dataset = _dataset(args, model)
+def _model(cfg: TrainConfig, d: Dist, resume_from: Optional[Path]):
+    """(model in training mode, the checkpoint's training state or None, the first step)."""
+    from ..model.aef import AEF
+
+    if resume_from is None:
+        model = AEF(cfg.preset or "small", backend=cfg.backend, statistics=_statistics(cfg, d),
+                    **cfg.override).to(d.device)
+        return model.train(), None, 0
+    state = ckpt.load_state(resume_from)
+    saved = state.get("args", {})
+    changed = {k: (saved.get(k), v) for k, v in _run_args(cfg).items() if saved.get(k) != v}
+    if changed:
+        raise ValueError(f"--resume: {resume_from} belongs to a run with other settings: " + ", ".join(
+            f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
+    model = ckpt.load_model(resume_from, d.device, cfg.backend)
+    return model.train(), state, int(state["step"])
+
+
+def _optimizer(cfg: TrainConfig, d: Dist, model, warmup: int, state, resume_from, start: int):
+    """Adam and its schedule, restored from ``state`` with the RNG streams when resuming."""
+    from .schedule import build_optimizer
+
+    optimizer, scheduler = build_optimizer(model.parameters(), cfg.steps, lr=cfg.lr,
+                                           warmup_fraction=warmup / cfg.steps)
+    if state is None:
+        # Processes share the initial weights (seeded before the model) but draw different vMF noise.
+        torch.manual_seed(cfg.seed + 1 + d.rank)
+        return optimizer, scheduler
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"{resume_from}: the training state does not fit this model "
+                                   f"({type(e).__name__}: {e})") from None
+    rngs = state["rng"]
+    if len(rngs) == d.world:
+        ckpt.set_rng_state(rngs[d.rank])
+    else:
+        torch.manual_seed(cfg.seed + 1 + d.rank + start)
+        if d.main:
+            print(f"aef train: the checkpoint was written by {len(rngs)} processes, this run has {d.world}; "
+                  "the vMF noise streams are re-seeded", file=sys.stderr)
+    return optimizer, scheduler
+
+
+def _loader(cfg: TrainConfig, d: Dist, model, start: int, stop: int) -> DataLoader:
+    """This process's batches of steps [start, stop), the same whatever the run was resumed from."""
     from .data import collate
 
-    batches = StepBatches(len(dataset), args.batch_size, d.rank, d.world, args.seed, start, stop)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=args.workers,
-                        pin_memory=d.device.type == "cuda")
-    log = MetricsLog(run_dir, start if resume_from is not None else None) if d.main else None
-    bar = tqdm(total=args.steps, initial=start, unit="step", desc="aef train",
-               disable=not d.main or args.no_progress)
-    use_amp = d.device.type == "cuda"
+    dataset = _dataset(cfg, model)
+    batches = StepBatches(len(dataset), cfg.batch_size, d.rank, d.world, cfg.seed, start, stop)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
+                      pin_memory=d.device.type == "cuda")
+
+
+def _step(cfg: TrainConfig, d: Dist, module, model, optimizer, scheduler, batch, step: int) -> dict:
+    """One optimizer step; returns the detached loss terms and the gradient norm."""
+    batch = _to(batch, d.device)
+    gen = step_generator(cfg.seed, step, d.rank, d.device)
+    with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=d.device.type == "cuda"):
+        losses = training_losses(module, batch, gen)
+    loss = losses.pop("total")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss is not finite at step {step} ("
+                                 + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                                 + "); lower --lr or resume from an earlier checkpoint")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+    optimizer.step()
+    scheduler.step()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}, "grad_norm": grad_norm.detach()}
+
+
+_BAR_KEYS = ("loss", "reconstruction", "uniformity", "consistency", "clip", "samples_per_s")
+
+
+def _run_steps(cfg: TrainConfig, d: Dist, run_dir: Path, model, optimizer, scheduler, loader, start: int,
+               stop: int, resumed: bool) -> Optional[dict]:
+    """Steps [start, stop): metrics every log_every steps (averaged over the window and the
+    processes), checkpoints every checkpoint_every steps and at the end; the last metrics row."""
+    from tqdm.auto import tqdm
+
+    module = wrap_ddp(model, d)
+    log = MetricsLog(run_dir, start if resumed else None) if d.main else None
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", desc="aef train", disable=not d.main or cfg.no_progress)
     last_row, window_start, window_steps = None, time.perf_counter(), 0
     sums: dict[str, float] = {}
     try:
         for step, batch in enumerate(loader, start):
-            batch = _to(batch, d.device)
-            gen = step_generator(args.seed, step, d.rank, d.device)
-            with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = training_losses(module, batch, gen)
-            loss = losses.pop("total")
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is not finite at step {step} ("
-                                         + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                                         + "); lower --lr or resume from an earlier checkpoint")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       args.clip_grad if args.clip_grad > 0 else math.inf)
-            optimizer.step()
-            scheduler.step()
-            done = step + 1
-            values = {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()},
-                      "grad_norm": grad_norm.detach()}
-            for k, v in values.items():
+            for k, v in _step(cfg, d, module, model, optimizer, scheduler, batch, step).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             window_steps += 1
-            if done % args.log_every == 0 or done == stop:
+            done = step + 1
+            if done % cfg.log_every == 0 or done == stop:
                 keys = list(sums)
                 means = _reduce_mean(torch.tensor([sums[k] / window_steps for k in keys], dtype=torch.float64), d)
                 elapsed = time.perf_counter() - window_start
-                row = {"step": done, "lr": scheduler.get_last_lr()[0],
-                       **{k: float(v) for k, v in zip(keys, means)},
-                       "samples_per_s": window_steps * args.batch_size / max(elapsed, 1e-9)}
+                row = {"step": done, "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in zip(keys, means)},
+                       "samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
                 if d.main:
                     log.write(row)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
-                                     if k in ("loss", "reconstruction", "uniformity", "consistency", "clip",
-                                              "samples_per_s")})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in _BAR_KEYS})
                 last_row, sums, window_steps, window_start = row, {}, 0, time.perf_counter()
             bar.update(1)
-            if done % args.checkpoint_every == 0 or done == stop:
-                _save(run_dir, done, model, optimizer, scheduler, args, d)
+            if done % cfg.checkpoint_every == 0 or done == stop:
+                _save(run_dir, done, model, optimizer, scheduler, cfg, d)
     finally:
         bar.close()
         if log is not None:
             log.close()
-    if d.main and start < stop < args.steps:
-        print(f"aef train: stopped after step {stop} of {args.steps}, as --stop-after asked; checkpoint "
-              f"{ckpt.latest_checkpoint(run_dir)}. Continue with"
-              + (" (under torchrun, as this run was started)" if d.world > 1 else "")
-              + f":\n  {resume_command(args)}", file=sys.stderr)
     return last_row
 
 
-def resume_command(args) -> str:
-    """The ``aef train`` command line that continues this run: its options that differ from the
+def resume_command(cfg: TrainConfig) -> str:
+    """The ``aef train`` command line that continues this run: its settings that differ from the
     defaults, with --resume and without --stop-after."""
     import json
     import shlex
 
-    from .cli import build_parser
-
-    defaults = vars(build_parser().parse_args(["train", "--run-dir", str(args.run_dir)]))
-    words = ["aef", "train", "--run-dir", str(args.run_dir), "--resume"]
-    for key, default in defaults.items():
-        value = getattr(args, key, default)
-        if key in ("command", "debug", "run_dir", "resume", "stop_after") or value == default:
+    words = ["aef", "train", "--run-dir", str(cfg.run_dir), "--resume"]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        if f.name in ("run_dir", "resume", "stop_after") or value == default:
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = "--" + f.name.replace("_", "-")
         if value is True:
             words.append(flag)
-        elif key == "frames":
+        elif f.name == "frames":
             words += [flag, ",".join(f"{name}={n}" for name, n in value.items())]
         elif isinstance(value, dict):
             words += [flag, json.dumps(value, separators=(",", ":"))]
@@ -447,7 +516,7 @@ def resume_command(args) -> str:
     return shlex.join(words)
 
 
-def _save(run_dir, step, model, optimizer, scheduler, args, d: Dist) -> None:
+def _save(run_dir, step, model, optimizer, scheduler, cfg: TrainConfig, d: Dist) -> None:
     # Every process has its own RNG streams; the checkpoint keeps them all, in rank order.
     rngs = [ckpt.rng_state()]
     if d.world > 1:
@@ -455,7 +524,7 @@ def _save(run_dir, step, model, optimizer, scheduler, args, d: Dist) -> None:
         dist.all_gather_object(rngs, ckpt.rng_state())
     if d.main:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
-                 "args": _run_args(args)}
-        ckpt.save_checkpoint(run_dir, step, model, state, keep=args.keep)
+                 "args": _run_args(cfg)}
+        ckpt.save_checkpoint(run_dir, step, model, state, keep=cfg.keep)
     if d.world > 1:
         dist.barrier()

@@ -1,6 +1,5 @@
 """aef train: the loop, checkpoints and resume, DDP, and clear errors for damaged checkpoints."""
 
-import argparse
 import os
 import re
 import shlex
@@ -231,7 +230,7 @@ def test_torchrun_two_gloo_processes_average_to_the_full_batch_gradient(tmp_path
 
 
 @pytest.mark.parametrize("step_raises", [False, True], ids=["returns", "raises"])
-def test_process_group_is_destroyed_after_the_ddp_wrapper_is_freed(monkeypatch, step_raises):
+def test_process_group_is_destroyed_after_the_ddp_wrapper_is_freed(monkeypatch, tmp_path, step_raises):
     """When aef train destroys its process group, no DDP wrapper of the run is alive, also when a
     step raised and its traceback keeps the training frames: a reducer left holding the last
     reference to a gloo group destroys it with the interpreter lock held, which can hang the
@@ -240,7 +239,7 @@ def test_process_group_is_destroyed_after_the_ddp_wrapper_is_freed(monkeypatch, 
     wrappers, alive_at_destroy = [], []
     real_destroy = dist.destroy_process_group
 
-    def fake_train(args, d):
+    def fake_train(config, d):
         module = train_module.wrap_ddp(torch.nn.Linear(4, 2), d)
         wrappers.append(weakref.ref(module))
         module(torch.randn(3, 4)).sum().backward()
@@ -260,10 +259,24 @@ def test_process_group_is_destroyed_after_the_ddp_wrapper_is_freed(monkeypatch, 
     try:
         if step_raises:
             with pytest.raises(FloatingPointError):
-                train_module.train(argparse.Namespace(device="cpu"))
+                train_module.train(train_module.TrainConfig(tmp_path, device="cpu"))
         else:
-            assert train_module.train(argparse.Namespace(device="cpu")) == {"step": 1}
+            assert train_module.train(train_module.TrainConfig(tmp_path, device="cpu")) == {"step": 1}
     finally:
         if dist.is_initialized():
             real_destroy()
     assert alive_at_destroy == [False]
+
+
+def test_a_run_is_configured_from_python_as_from_the_command_line(tmp_path):
+    """TrainConfig has one field per aef train option with the CLI's defaults, so parsed arguments
+    and a config built in Python describe the same run; its resume command names what differs."""
+    from aef.pipelines.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--run-dir", str(tmp_path), "--steps", "7", "--lr", "0.01"])
+    cfg = train_module.TrainConfig.from_args(args)
+    assert cfg == train_module.TrainConfig(tmp_path, steps=7, lr=0.01)
+    assert train_module.resume_command(cfg).split()[1:] == ["train", "--run-dir", str(tmp_path), "--resume",
+                                                            "--steps", "7", "--lr", "0.01"]
+    with pytest.raises(ValueError, match="--warmup 9 must be between 0 and --steps 7"):
+        train_module.TrainConfig(tmp_path, steps=7, warmup=9).warmup_steps()
