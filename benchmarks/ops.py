@@ -233,10 +233,9 @@ def main(argv=None) -> int:
     rows = []
     for family in families:
         for case in getattr(maker, family)():
-            for provider in providers:
-                if provider in peers.PEERS and case.section != "attention":
-                    continue
-                rows.append(runner.run_case(case, provider, device, policy, ceilings))
+            # Every provider warmed up on its own, then all timed interleaved in rotating rounds.
+            names = [p for p in providers if case.section == "attention" or p not in peers.PEERS]
+            rows += runner.run_providers(case, names, device, policy, ceilings)
     config = {"sweep": "small" if quick_sweep else "full", "dtype": str(dtype).removeprefix("torch."),
               "quick": args.quick, "seed": args.seed, "families": list(families),
               "widths": {k: getattr(LARGE, k) for k in ("d_p", "d_t", "d_s")}}

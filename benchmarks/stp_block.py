@@ -185,10 +185,9 @@ def main(argv=None) -> int:
     rows = []
     for section in sections:
         for case in builders[section](setup, shape):
-            for provider in model_providers:
-                if provider in peers.PEERS and section != "attention":
-                    continue
-                rows.append(runner.run_case(case, provider, device, policy, None))
+            # Every provider warmed up on its own, then all timed interleaved in rotating rounds.
+            names = [p for p in model_providers if section == "attention" or p not in peers.PEERS]
+            rows += runner.run_providers(case, names, device, policy, None)
             del case
     config = {"preset": sizes["preset"], "batch": setup.B, "frames": setup.T, "size": setup.L,
               "dtype": str(dtype).removeprefix("torch."), "mask": "none" if args.no_mask else f"pixel, {MASK_VALID:.0%} valid",
