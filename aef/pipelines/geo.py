@@ -80,6 +80,19 @@ def require_rasterio():
     return rasterio
 
 
+def open_raster(path: Path, where: str):
+    """``rasterio.open(path)``, or a :class:`SceneError` prefixed by ``where`` when it is not a
+    readable raster. Rasters without georeferencing are allowed: the frames of one grid, and the
+    embeddings of an .npz scene, legitimately have none."""
+    rasterio = require_rasterio()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioError as e:
+        raise SceneError(f"{where}: {path} is not a readable raster ({e})") from None
+
+
 # ---------------------------------------------------------------- times
 
 def parse_time(value: str, what: str = "time") -> int:
@@ -383,13 +396,7 @@ class ManifestScene(Scene):
         problem = not_a_file(p)
         if problem:
             raise SceneError(f"{where}: {p} {problem}")
-        try:
-            with warnings.catch_warnings():
-                # Frames without georeferencing are allowed when they all share one grid.
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                ds = rasterio.open(p)
-        except rasterio.errors.RasterioError as e:
-            raise SceneError(f"{where}: {p} is not a readable raster ({e})") from None
+        ds = open_raster(p, where)
         self._open.append(ds)
         self._files.append(p)
         return ds

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from . import quantize as _q
-from .geo import EMBED_DIM, SceneError, require_rasterio
+from .geo import EMBED_DIM, SceneError, open_raster, require_rasterio
 
 # Pixels used to fit the PCA; more changes the components by less than the percentile stretch does.
 PCA_SAMPLES = 100_000
@@ -26,18 +26,10 @@ SIMILARITY_STOPS = np.array([[-1.0, 33, 102, 172], [0.0, 247, 247, 247], [1.0, 1
 def read_embeddings(path, max_size: Optional[int] = 2048) -> tuple[np.ndarray, tuple[int, int]]:
     """(H', W', 64) float32 unit vectors (NaN at no-data), read decimated to at most ``max_size`` px
     on the longer side, and the raster's full size (H, W)."""
-    rasterio = require_rasterio()
     path = Path(path)
     if not path.is_file():
         raise SceneError(f"{path}: no such embedding raster")
-    try:
-        with warnings.catch_warnings():
-            # Embeddings of an .npz scene without georeferencing are legitimately ungeoreferenced.
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(path)
-    except rasterio.errors.RasterioError as e:
-        raise SceneError(f"{path}: not a readable raster ({e})") from None
-    with ds:
+    with open_raster(path, "embeddings") as ds:
         if ds.count != EMBED_DIM:
             raise SceneError(f"{path}: expected {EMBED_DIM} embedding bands, found {ds.count}")
         scale = max(1.0, max(ds.height, ds.width) / max_size) if max_size else 1.0
