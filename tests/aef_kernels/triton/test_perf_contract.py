@@ -111,12 +111,6 @@ KNOWN_BREACHES = {
     ("attn_bwd", "bf16", 80, "no_duplicated_warps"): (_BWD_WARPS, "item 2: the dk/dv + dq split backward"),
     ("attn_bwd", "bf16", 90, "no_duplicated_warps"): (_BWD_WARPS, "item 2: the dk/dv + dq split backward"),
     ("attn_bwd", "bf16", 90, "wgmma"): (_BWD_32_ROWS, "item 2: the dk/dv + dq split backward (64-row tiles)"),
-    ("attn_bwd", "bf16", 80, "wide_access"): (
-        "d16: a 32 x 16 tile at 4 warps gives each thread 4 elements (8-byte q, k, v, do, dq/dk/dv accesses)",
-        "item 2: the dk/dv + dq split backward (64-row tiles)"),
-    ("attn_bwd", "bf16", 90, "wide_access"): (
-        "d16: a 32 x 16 tile at 4 warps gives each thread 4 elements (8-byte q, k, v, do, dq/dk/dv accesses)",
-        "item 2: the dk/dv + dq split backward (64-row tiles)"),
     ("attn_bwd_delta", "bf16", 80, "wide_access"): (
         "d16: the row-dot's tile at 4 warps gives each thread 4 elements (8-byte o, do loads)",
         "item 2: the dk/dv + dq split backward"),
