@@ -19,6 +19,7 @@ Channels-last frames. Kernels:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -161,15 +162,17 @@ def _up_adjoint_kernel(dy_ptr, du_ptr, M, HU, WU, HO, WO, C, F, INV_F,
 
 @triton.jit
 def _down_dgrad_kernel(dy_ptr, wt_ptr, prev_ptr, dx_ptr, M, HO, WO, CIN, F, COUT,
-                       HAS_PREV: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       HAS_PREV: tl.constexpr, DOT_PREC: tl.constexpr, K_ALIGN: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dx (N, HO*F, WO*F, CIN) [+= prev] from dy (N, HO, WO, COUT) and wt (COUT, F*F*CIN)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
     n_idx, i_idx, j_idx = split_pixels(offs_m, HO, WO)
-    K = F * F * CIN
+    # wt's rows are K = F*F*Cin long; K_ALIGN (a power of two dividing K, from the launcher) lets
+    # the loads of a row be vectorised where K itself is not a multiple of 16 (the projection's 28).
+    K = tl.multiple_of(F * F * CIN, K_ALIGN)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < K
     offs_k = tl.arange(0, BLOCK_K)
@@ -279,8 +282,8 @@ def _down_dgrad(dy, w, factor, in_shape, prev=None):
     M = N * HO * WO
     cfg = _dgrad_config(dy.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_N"]))
-    launch(_down_dgrad_kernel, grid, dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor,
-                                          cout, HAS_PREV=prev is not None, DOT_PREC=dot_precision(dy.dtype), **cfg)
+    launch(_down_dgrad_kernel, grid, dy, wt, prev if prev is not None else dx, dx, M, HO, WO, cin, factor, cout,
+           HAS_PREV=prev is not None, DOT_PREC=dot_precision(dy.dtype), K_ALIGN=math.gcd(K, 16), **cfg)
     return dx
 
 

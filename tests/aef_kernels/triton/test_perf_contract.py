@@ -126,18 +126,6 @@ KNOWN_BREACHES = {
     ("weight_grad", "fp32", 80, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "fp32", 90, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "bf16", 90, "wgmma"): ("32-row split-K tiles (M = 32): mma.sync", "item 2: 64-row tiles"),
-    ("down_dgrad", "bf16", 80, "wide_access"): (
-        "projection: wt rows of 28 elements allow 8 bytes, Triton sees no divisibility of K = 28 (2-byte loads)",
-        "item 2: K padded or hinted with tl.multiple_of"),
-    ("down_dgrad", "bf16", 90, "wide_access"): (
-        "projection: wt rows of 28 elements allow 8 bytes, Triton sees no divisibility of K = 28 (2-byte loads)",
-        "item 2: K padded or hinted with tl.multiple_of"),
-    ("down_dgrad", "fp32", 80, "wide_access"): (
-        "projection: wt rows of 28 fp32 allow 16 bytes, Triton sees no divisibility of K = 28 (4-byte copies)",
-        "item 2: K padded or hinted with tl.multiple_of"),
-    ("down_dgrad", "fp32", 90, "wide_access"): (
-        "projection: wt rows of 28 fp32 allow 16 bytes, Triton sees no divisibility of K = 28 (4-byte copies)",
-        "item 2: K padded or hinted with tl.multiple_of"),
     ("exchange", "bf16", 90, "wgmma"): (_GATHER_32, "item 2: 64-row gather tiles"),
     ("conv3x3", "fp32", 80, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
     ("conv3x3", "fp32", 90, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
