@@ -14,8 +14,9 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _fmt_dtypes(dtypes: Iterable[torch.dtype]) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+def listing(values: Iterable) -> str:
+    """Values for a message, comma-separated, dtypes without their "torch." prefix."""
+    return ", ".join(str(v).replace("torch.", "") for v in values)
 
 
 def tensor(name: str, t, ndim: int | None = None, layout: str | None = None) -> None:
@@ -23,7 +24,7 @@ def tensor(name: str, t, ndim: int | None = None, layout: str | None = None) -> 
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating dtype ({_fmt_dtypes(FLOAT_DTYPES)}), got {t.dtype}")
+        raise TypeError(f"{name}: expected a floating dtype ({listing(FLOAT_DTYPES)}), got {t.dtype}")
     if ndim is not None and t.dim() != ndim:
         want = f"{ndim}-d {layout}" if layout else f"{ndim}-d"
         raise ValueError(f"{name}: expected a {want} tensor, got shape {tuple(t.shape)}")
@@ -106,11 +107,3 @@ def key_padding_mask(mask, batch: int, time: int, height: int, width: int, devic
         )
     if mask.device != device:
         raise ValueError(f"key_padding_mask: expected device {device}, got {mask.device}")
-
-
-def kernel_dtype_reasons(*tensors: torch.Tensor) -> list[str]:
-    """Reasons a fused kernel (fp32/fp16/bf16 only) cannot take these tensors."""
-    for t in tensors:
-        if t is not None and t.dtype not in KERNEL_DTYPES:
-            return [f"dtype {t.dtype} is not supported (supported: {_fmt_dtypes(KERNEL_DTYPES)})"]
-    return []

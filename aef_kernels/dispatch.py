@@ -165,7 +165,7 @@ def requested_backend(backend: str | None = None) -> str:
 def not_supported_reasons(op: str, backend: str, *args) -> list[str]:
     """Why ``backend`` cannot run ``op`` on these validated inputs (an inputs record, or its fields
     in order); [] if it can."""
-    inputs = BY_NAME[op].record(args[0] if len(args) == 1 and isinstance(args[0], BY_NAME[op].inputs) else args)
+    inputs = BY_NAME[op].record(*args)
     reasons = list(_BACKEND_UNAVAILABLE[backend])
     impl = _REGISTRY[op].get(backend)
     if impl is None:
@@ -184,7 +184,7 @@ def _device_and_dtype(op: str, inputs: NamedTuple) -> tuple[str, torch.dtype]:
 def select(op: str, inputs, backend: str | None = None) -> Implementation:
     """The implementation that runs ``op`` on ``inputs`` (its record, or a tuple of its fields) for
     the requested backend."""
-    inputs = BY_NAME[op].record(inputs)
+    inputs = BY_NAME[op].record(*inputs)
     name = requested_backend(backend)
     if name != "auto":
         reasons = not_supported_reasons(op, name, inputs)

@@ -16,6 +16,8 @@ from typing import Callable, Iterator, Mapping, NamedTuple, Optional
 
 import torch
 
+from .checks import listing
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -60,9 +62,11 @@ class OpSpec:
     sizes: Mapping[str, Size] = field(default_factory=dict)
     doc: str = ""
 
-    def record(self, args) -> NamedTuple:
-        """``args`` as this op's inputs record (a record passes through; a tuple is taken in order)."""
-        return args if isinstance(args, self.inputs) else self.inputs(*args)
+    def record(self, *args) -> NamedTuple:
+        """This op's inputs record of ``args``: the record itself, or its fields in order."""
+        if len(args) == 1 and isinstance(args[0], self.inputs):
+            return args[0]
+        return self.inputs(*args)
 
 
 def backend_modules(package: str, specs) -> tuple[str, ...]:
@@ -79,10 +83,6 @@ def tensors(inputs: NamedTuple) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, value
         elif isinstance(value, tuple) and hasattr(value, "_fields"):
             yield from ((f"{name}.{n}", t) for n, t in tensors(value))
-
-
-def _fmt(values) -> str:
-    return ", ".join(str(v).replace("torch.", "") for v in values)
 
 
 @dataclass(frozen=True)
@@ -112,17 +112,17 @@ class Capability:
                 elsewhere.setdefault(t.device.type, []).append(name)
         for device, names in elsewhere.items():
             note = f" ({self.device_note})" if self.device_note else ""
-            reasons.append(f"{', '.join(names)} on {device}: the {backend} backend runs on {_fmt(self.devices)}{note}")
+            reasons.append(f"{', '.join(names)} on {device}: the {backend} backend runs on {listing(self.devices)}{note}")
         dtypes = {getattr(inputs, n).dtype for n in spec.activations if getattr(inputs, n) is not None}
         for dt in sorted(dtypes - set(self.dtypes), key=str):
-            reasons.append(f"dtype {_fmt([dt])} is not supported by the {backend} backend "
-                           f"(supported: {_fmt(self.dtypes)})")
+            reasons.append(f"dtype {listing([dt])} is not supported by the {backend} backend "
+                           f"(supported: {listing(self.dtypes)})")
         for key, allowed in self.one_of.items():
             size = spec.sizes[key]
             value = size.of(inputs)
             if value not in allowed:
                 reasons.append(f"{size.label} = {value} is not supported by the {backend} backend "
-                               f"(supported: {_fmt(allowed)})")
+                               f"(supported: {listing(allowed)})")
         for key, limit in self.at_most.items():
             size = spec.sizes[key]
             value = size.of(inputs)

@@ -57,4 +57,4 @@ def cost(op: str, *args, backward: bool = False) -> Cost:
     """The floor of one call of ``op`` on these arguments (its spec's inputs, in order), forward or
     forward+backward: the formula lives with the op's declaration in ``aef_kernels.ops``."""
     spec = BY_NAME[op]
-    return spec.cost(spec.record(args), backward)
+    return spec.cost(spec.record(*args), backward)

@@ -22,6 +22,11 @@ from .common import launch
 # exceeds it); the modules that launch it add it to their own bound.
 SHARED_BYTES = {80: 60 * 1024, 90: 60 * 1024}
 
+
+def with_weight_grad(shared_bytes: dict[int, int]) -> dict[int, int]:
+    """A launching module's shared-memory bound per code family, raised to the weight gradient's."""
+    return {cc: max(n, SHARED_BYTES[cc]) for cc, n in shared_bytes.items()}
+
 # Target number of programs for the split-K weight gradient: enough to fill an H100's 132 SMs a few
 # times over, few enough that the float32 partials stay small.
 WGRAD_PROGRAMS = 1024

@@ -423,9 +423,11 @@ def _power_of_two(f: int) -> bool:
 SHARED_BYTES = {80: 48 * 1024, 90: 64 * 1024}
 
 
+_SHARED_NEEDED = gemm.with_weight_grad(SHARED_BYTES)
+
+
 def _shared_memory(x) -> list[str]:
-    needed = {cc: max(SHARED_BYTES[cc], gemm.SHARED_BYTES[cc]) for cc in SHARED_BYTES}
-    return shared_memory_reasons("resampling", needed, x)
+    return shared_memory_reasons("resampling", _SHARED_NEEDED, x)
 
 
 def _down_check(x, weight, bias, factor) -> list[str]:
