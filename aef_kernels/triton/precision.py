@@ -2,9 +2,13 @@
 
 Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
 
-- ``_gn_stats_kernel``: one program per (frame, group), a chunked Welford merge in float32 giving
-  mean and rstd (N, G); with APPLY it also writes the normalised (optionally GELU'd) output, which
-  is the whole ``group_norm_nhwc`` forward.
+- GroupNorm statistics: ``_gn_stats_partials_kernel`` takes one chunk of a frame's pixels and one
+  tile of channels per program (GN_PROGRAMS programs in all, so the grid fills the GPU at any batch),
+  reads rows of contiguous channels (16-byte accesses) and merges per-channel float32 (mean, M2) over
+  its tiles with Chan's formula; ``_gn_stats_combine_kernel`` (one program per (frame, group)) merges
+  the chunk partials of the group's channels in a fixed order into mean and rstd (N, G).
+  ``_gn_apply_kernel`` then writes the normalised (optionally GELU'd) output: with the two before,
+  the whole ``group_norm_nhwc`` forward.
 - ``_conv3x3_kernel``: implicit-GEMM 3x3 conv, pad 1. Rows are output pixels (grid axis 0; int32
   pixel indices, int64 block base offsets), columns output channels, and the K loop walks the 9
   taps x input-channel tiles as one flat loop so the pipeliner sees 9*Cin/BLOCK_K iterations. Optional fused prologue (GroupNorm
@@ -12,8 +16,10 @@ Channels-last frames (N, H, W, C); M = N*H*W pixels. Kernels:
   residual). It serves conv1 and conv2 forward and both data gradients (a 3x3 conv with the
   kernel flipped and in/out channels swapped).
 - weight (and bias) gradients: the split-K kernel of ``gemm.py`` that the resamplings share.
-- ``_gn_bwd_kernel``: one program per (frame, group): reduces sum(g) and sum(g*xhat) over the group,
-  then writes dx (plus an optional residual gradient); per-frame partial dgamma/dbeta.
+- GroupNorm backward, on the same chunks: ``_gn_bwd_partials_kernel`` sums d * xhat and d per channel
+  and chunk; ``_gn_bwd_combine_kernel`` sums them over the chunks in order (per-frame dgamma, dbeta)
+  and forms each group's coefficients a = sum(gamma d) / n and b = sum(gamma d xhat) / n;
+  ``_gn_bwd_kernel`` writes dx = rstd (gamma d - a - xhat b), plus an optional residual gradient.
 
 Forward of the operator stores the GELU output h (conv2's operand, written once) and, only when a
 gradient is needed, conv1's pre-activation z1 from the same epilogue: the backward needs GELU'(z1)
@@ -60,51 +66,6 @@ def _inv_count(HW, CG):
     """1 / (HW * CG) in float32, the product taken in int64: one group of a large frame holds 2^31
     elements or more, where an int32 product wraps."""
     return 1.0 / ((HW + tl.zeros([], tl.int64)) * CG).to(tl.float32)
-
-
-@triton.jit
-def _gn_stats_kernel(x_ptr, gamma_ptr, beta_ptr, mean_ptr, rstd_ptr, y_ptr, HW, C, CG, G, eps,
-                     APPLY: tl.constexpr, GELU: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_CG: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid // G
-    g = pid % G
-    base = n.to(tl.int64) * HW * C + g * CG
-    offs_c = tl.arange(0, BLOCK_CG)
-    c_ok = offs_c < CG
-    count = 0.0
-    mean = 0.0
-    m2 = 0.0
-    # Chan's parallel merge of per-chunk (count, mean, M2): stable where E[x^2] - E[x]^2 is not.
-    for p0 in range(0, HW, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask = (offs_p < HW)[:, None] & c_ok[None, :]
-        v = tl.load(x_ptr + base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-        cnt = (tl.minimum(HW - p0, BLOCK_P) * CG).to(tl.float32)
-        cmean = tl.sum(tl.sum(v, axis=1), axis=0) / cnt
-        d = tl.where(mask, v - cmean, 0.0)
-        cm2 = tl.sum(tl.sum(d * d, axis=1), axis=0)
-        tot = count + cnt
-        delta = cmean - mean
-        mean += delta * (cnt / tot)
-        m2 += cm2 + delta * delta * (count * cnt / tot)
-        count = tot
-    rstd = 1.0 / tl.sqrt(m2 / count + eps)
-    tl.store(mean_ptr + pid, mean)
-    tl.store(rstd_ptr + pid, rstd)
-    if APPLY:
-        gam = tl.load(gamma_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-        bet = tl.load(beta_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-        for p0 in range(0, HW, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            mask = (offs_p < HW)[:, None] & c_ok[None, :]
-            off = base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :]
-            v = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            y = (v - mean) * rstd * gam[None, :] + bet[None, :]
-            if GELU:
-                y = _gelu(y)
-            tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -161,54 +122,193 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
 
 
 @triton.jit
-def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, dres_ptr, dx_ptr, dgamma_ptr,
-                   dbeta_ptr, HW, C, CG, G,
-                   GELU: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CG: tl.constexpr):
+def _gn_tile(ptr, n, p0, end, c0, HW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(tile offsets, mask, channels, channel mask) of pixels p0..p0+BLOCK_P (up to ``end``) and channels
+    c0..c0+BLOCK_C of frame ``n``: the block base in int64 (one frame may hold 2^31 elements), offsets
+    inside the tile in int32. A row's channels are contiguous, so the tile loads 16 bytes a thread."""
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (p0 + offs_p < end)[:, None] & c_ok[None, :]
+    blk = ptr + (n.to(tl.int64) * HW + p0) * C
+    return blk + offs_p[:, None] * C + offs_c[None, :], mask, offs_c, c_ok
+
+
+@triton.jit
+def _gn_stats_partials_kernel(x_ptr, mean_ptr, m2_ptr, HW, C, CHUNK, S,
+                              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-channel (mean, M2) of chunk s of frame n (program (n * S + s, channel tile)), merged over
+    its BLOCK_P-pixel tiles with Chan's formula: stable where E[x^2] - E[x]^2 is not."""
+    pid = tl.program_id(0)
+    n = pid // S
+    start = (pid % S) * CHUNK
+    end = tl.minimum(start + CHUNK, HW)
+    c0 = tl.program_id(1) * BLOCK_C
+    count = 0.0
+    mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        ptrs, mask, offs_c, c_ok = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        cnt = tl.minimum(end - p0, BLOCK_P).to(tl.float32)
+        cmean = tl.sum(v, axis=0) / cnt
+        d = tl.where(mask, v - cmean[None, :], 0.0)
+        cm2 = tl.sum(d * d, axis=0)
+        tot = count + cnt
+        delta = cmean - mean
+        mean += delta * (cnt / tot)
+        m2 += cm2 + delta * delta * (count * cnt / tot)
+        count = tot
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    out = pid.to(tl.int64) * C + offs_c
+    tl.store(mean_ptr + out, mean, mask=offs_c < C)
+    tl.store(m2_ptr + out, m2, mask=offs_c < C)
+
+
+@triton.jit
+def _gn_stats_combine_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, HW, C, CG, G, CHUNK, S, eps,
+                             BLOCK_CG: tl.constexpr):
+    """mean and rstd of group g of frame n (program n * G + g) from its channels' chunk partials, in a
+    fixed order: the mean first, then every partial's M2 and its spread about that mean."""
     pid = tl.program_id(0)
     n = pid // G
-    g = pid % G
-    base = n.to(tl.int64) * HW * C + g * CG
-    offs_c = tl.arange(0, BLOCK_CG)
-    c_ok = offs_c < CG
-    mu = tl.load(mean_ptr + pid)
-    rs = tl.load(rstd_ptr + pid)
-    gam = tl.load(gamma_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-    bet = tl.load(beta_ptr + g * CG + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-    s_g = 0.0
-    s_gx = 0.0
-    pdg = tl.zeros((BLOCK_CG,), dtype=tl.float32)
-    pdb = tl.zeros((BLOCK_CG,), dtype=tl.float32)
-    for p0 in range(0, HW, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask = (offs_p < HW)[:, None] & c_ok[None, :]
-        off = base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :]
-        xhat = tl.where(mask, (tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32) - mu) * rs, 0.0)
-        d = tl.load(dn_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    offs_c = (pid % G) * CG + tl.arange(0, BLOCK_CG)
+    c_ok = offs_c < (pid % G) * CG + CG
+    base = n.to(tl.int64) * S * C
+    total = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+    for s in range(0, S):
+        cnt = tl.minimum(HW - s * CHUNK, CHUNK).to(tl.float32)
+        total += cnt * tl.load(pmean_ptr + base + s * C + offs_c, mask=c_ok, other=0.0)
+    inv_cnt = _inv_count(HW, CG)
+    mean = tl.sum(total, axis=0) * inv_cnt
+    m2 = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+    for s in range(0, S):
+        cnt = tl.minimum(HW - s * CHUNK, CHUNK).to(tl.float32)
+        dm = tl.load(pmean_ptr + base + s * C + offs_c, mask=c_ok, other=0.0) - mean
+        m2 += tl.load(pm2_ptr + base + s * C + offs_c, mask=c_ok, other=0.0) + tl.where(c_ok, cnt * dm * dm, 0.0)
+    tl.store(mean_ptr + pid, mean)
+    tl.store(rstd_ptr + pid, 1.0 / tl.sqrt(tl.sum(m2, axis=0) * inv_cnt + eps))
+
+
+@triton.jit
+def _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, c_ok, G, CG):
+    """Per-channel (mean, rstd, gamma, beta) of frame n: the group statistics gathered per channel."""
+    sidx = n * G + offs_c // CG
+    mu = tl.load(mean_ptr + sidx, mask=c_ok, other=0.0)
+    rs = tl.load(rstd_ptr + sidx, mask=c_ok, other=0.0)
+    gam = tl.load(gamma_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    bet = tl.load(beta_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    return mu, rs, gam, bet
+
+
+@triton.jit
+def _gn_apply_kernel(x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, y_ptr, HW, C, CG, G, CHUNK, S,
+                     GELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y = (x - mean) rstd gamma + beta (then GELU) over chunk s of frame n, one channel tile."""
+    pid = tl.program_id(0)
+    n = pid // S
+    start = (pid % S) * CHUNK
+    end = tl.minimum(start + CHUNK, HW)
+    c0 = tl.program_id(1) * BLOCK_C
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    mu, rs, gam, bet = _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, offs_c < C, G, CG)
+    scale = rs * gam
+    shift = bet - mu * scale
+    for p0 in range(start, end, BLOCK_P):
+        ptrs, mask, _, _ = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        y = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
         if GELU:
-            d *= _gelu_grad(xhat * gam[None, :] + bet[None, :])
+            y = _gelu(y)
+        yptrs, _, _, _ = _gn_tile(y_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        tl.store(yptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gn_grad_in(dn_ptr, x_ptr, n, p0, end, c0, HW, C, mu, rs, gam, bet,
+                GELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(xhat, d, mask, tile offsets): the normalised input and the gradient reaching the affine
+    output (through GELU' of the recomputed pre-activation with GELU), zero outside the tile."""
+    xptrs, mask, _, _ = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+    xhat = tl.where(mask, (tl.load(xptrs, mask=mask, other=0.0).to(tl.float32) - mu[None, :]) * rs[None, :], 0.0)
+    dptrs, _, _, _ = _gn_tile(dn_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+    d = tl.load(dptrs, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        d *= _gelu_grad(xhat * gam[None, :] + bet[None, :])
+    return xhat, d, mask
+
+
+@triton.jit
+def _gn_bwd_partials_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, pdg_ptr, pdb_ptr,
+                            HW, C, CG, G, CHUNK, S,
+                            GELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-channel sums of d * xhat (dgamma) and d (dbeta) over chunk s of frame n."""
+    pid = tl.program_id(0)
+    n = pid // S
+    start = (pid % S) * CHUNK
+    end = tl.minimum(start + CHUNK, HW)
+    c0 = tl.program_id(1) * BLOCK_C
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mu, rs, gam, bet = _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, c_ok, G, CG)
+    pdg = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    pdb = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        xhat, d, _ = _gn_grad_in(dn_ptr, x_ptr, n, p0, end, c0, HW, C, mu, rs, gam, bet, GELU, BLOCK_P, BLOCK_C)
         pdg += tl.sum(d * xhat, axis=0)
         pdb += tl.sum(d, axis=0)
-        gg = d * gam[None, :]
-        s_g += tl.sum(tl.sum(gg, axis=1), axis=0)
-        s_gx += tl.sum(tl.sum(gg * xhat, axis=1), axis=0)
+    out = pid.to(tl.int64) * C + offs_c
+    tl.store(pdg_ptr + out, pdg, mask=c_ok)
+    tl.store(pdb_ptr + out, pdb, mask=c_ok)
+
+
+@triton.jit
+def _gn_bwd_combine_kernel(ppdg_ptr, ppdb_ptr, gamma_ptr, dgamma_ptr, dbeta_ptr, coef_ptr, HW, C, CG, G, S,
+                           BLOCK_CG: tl.constexpr):
+    """Group g of frame n (program n * G + g): its channels' dgamma and dbeta partials summed over the
+    chunks in order, and the dx coefficients a = sum(gamma dbeta) / count, b = sum(gamma dgamma) / count."""
+    pid = tl.program_id(0)
+    n = pid // G
+    offs_c = (pid % G) * CG + tl.arange(0, BLOCK_CG)
+    c_ok = offs_c < (pid % G) * CG + CG
+    base = n.to(tl.int64) * S * C
+    pdg = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+    pdb = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+    for s in range(0, S):
+        pdg += tl.load(ppdg_ptr + base + s * C + offs_c, mask=c_ok, other=0.0)
+        pdb += tl.load(ppdb_ptr + base + s * C + offs_c, mask=c_ok, other=0.0)
+    gam = tl.load(gamma_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
     inv_cnt = _inv_count(HW, CG)
-    a = s_g * inv_cnt
-    b = s_gx * inv_cnt
-    for p0 in range(0, HW, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask = (offs_p < HW)[:, None] & c_ok[None, :]
-        off = base + offs_p[:, None].to(tl.int64) * C + offs_c[None, :]
-        xhat = (tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32) - mu) * rs
-        d = tl.load(dn_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if GELU:
-            d *= _gelu_grad(xhat * gam[None, :] + bet[None, :])
-        dx = rs * (d * gam[None, :] - a - xhat * b)
+    tl.store(coef_ptr + 2 * pid, tl.sum(gam * pdb, axis=0) * inv_cnt)
+    tl.store(coef_ptr + 2 * pid + 1, tl.sum(gam * pdg, axis=0) * inv_cnt)
+    out = n.to(tl.int64) * C + offs_c
+    tl.store(dgamma_ptr + out, pdg, mask=c_ok)
+    tl.store(dbeta_ptr + out, pdb, mask=c_ok)
+
+
+@triton.jit
+def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, coef_ptr, dres_ptr, dx_ptr,
+                   HW, C, CG, G, CHUNK, S,
+                   GELU: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dx = rstd (d gamma - a - xhat b) (plus the residual's gradient) over chunk s of frame n."""
+    pid = tl.program_id(0)
+    n = pid // S
+    start = (pid % S) * CHUNK
+    end = tl.minimum(start + CHUNK, HW)
+    c0 = tl.program_id(1) * BLOCK_C
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mu, rs, gam, bet = _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, c_ok, G, CG)
+    cidx = 2 * (n * G + offs_c // CG)
+    a = tl.load(coef_ptr + cidx, mask=c_ok, other=0.0)
+    b = tl.load(coef_ptr + cidx + 1, mask=c_ok, other=0.0)
+    for p0 in range(start, end, BLOCK_P):
+        xhat, d, mask = _gn_grad_in(dn_ptr, x_ptr, n, p0, end, c0, HW, C, mu, rs, gam, bet, GELU, BLOCK_P, BLOCK_C)
+        dx = rs[None, :] * (d * gam[None, :] - a[None, :] - xhat * b[None, :])
         if HAS_RES:
-            dx += tl.load(dres_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    poff = n.to(tl.int64) * C + g * CG + offs_c
-    tl.store(dgamma_ptr + poff, pdg, mask=c_ok)
-    tl.store(dbeta_ptr + poff, pdb, mask=c_ok)
+            rptrs, _, _, _ = _gn_tile(dres_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+            dx += tl.load(rptrs, mask=mask, other=0.0).to(tl.float32)
+        optrs, _, _, _ = _gn_tile(dx_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        tl.store(optrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,9 +334,35 @@ def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
                 num_warps=8, num_stages=stages)
 
 
-def _gn_config(cg: int) -> dict:
-    bcg = triton.next_power_of_2(cg)
-    return dict(BLOCK_P=max(16, 2048 // bcg), BLOCK_CG=bcg, num_warps=4, num_stages=3)
+# GroupNorm programs per call: frames are split into chunks of pixels so that the statistics and the
+# backward fill the 132 SMs of an H100/H200 several times over at any batch size (N * G programs, the
+# old split, gave 16 x 32 = 512 at the large preset and N * 8 for C = 16); the chunks' partials are
+# combined in a fixed order by one small program per group, so results stay bitwise reproducible.
+GN_PROGRAMS = 1024
+# Elements of one GroupNorm tile: 8 per thread at 8 warps, read as 16-byte vectors along C. At 4
+# warps (16 per thread) the GELU backward's partials take 151-155 registers at C = 96 in bf16, 12
+# resident warps per SM; at 8 warps every pass takes <= 122 and keeps 16 (faithful AOT, 2026-12-02).
+GN_TILE = 2048
+
+
+def _gn_config(n: int, hw: int, c: int) -> dict:
+    """Tile, chunk and launch options of the GroupNorm pixel passes for N = ``n`` frames of ``hw``
+    pixels and ``c`` channels: S chunks of CHUNK pixels per frame, channel tiles of BLOCK_C."""
+    block_c = min(128, triton.next_power_of_2(c))
+    block_p = max(1, GN_TILE // block_c)
+    tiles = triton.cdiv(hw, block_p)
+    split = max(1, min(tiles, triton.cdiv(GN_PROGRAMS, n * triton.cdiv(c, block_c))))
+    chunk = triton.cdiv(tiles, split) * block_p
+    return dict(BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, S=triton.cdiv(hw, chunk), num_warps=8,
+                num_stages=1)
+
+
+def _gn_grid(n: int, c: int, cfg: dict) -> tuple[int, int]:
+    return n * cfg["S"], triton.cdiv(c, cfg["BLOCK_C"])
+
+
+def _gn_combine_config(cg: int) -> dict:
+    return dict(BLOCK_CG=triton.next_power_of_2(cg), num_warps=1, num_stages=1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,14 +406,17 @@ def _conv3x3_wgrad(a, dy, *, norm=None):
     return dw.view(3, 3, cin, cout).permute(3, 2, 0, 1), db
 
 
-def _gn_stats(x, G, eps, gamma=None, beta=None, y=None, gelu=False):
+def _gn_stats(x, G, eps):
+    """(mean, rstd) (N, G) float32 of channels-last ``x``: per-chunk partials, then their combine."""
     N, H, W, C = x.shape
+    cfg = _gn_config(N, H * W, C)
+    pmean = torch.empty((N, cfg["S"], C), device=x.device, dtype=torch.float32)
+    pm2 = torch.empty_like(pmean)
+    launch(_gn_stats_partials_kernel, _gn_grid(N, C, cfg), x, pmean, pm2, H * W, C, **cfg)
     mean = torch.empty((N, G), device=x.device, dtype=torch.float32)
     rstd = torch.empty((N, G), device=x.device, dtype=torch.float32)
-    cfg = _gn_config(C // G)
-    launch(_gn_stats_kernel, (N * G,),
-        x, gamma if gamma is not None else x, beta if beta is not None else x, mean, rstd,
-        y if y is not None else x, H * W, C, C // G, G, eps, APPLY=y is not None, GELU=gelu, **cfg)
+    launch(_gn_stats_combine_kernel, (N * G,), pmean, pm2, mean, rstd, H * W, C, C // G, G, cfg["CHUNK"],
+           cfg["S"], eps, **_gn_combine_config(C // G))
     return mean, rstd
 
 
@@ -295,13 +424,20 @@ def _gn_bwd(dn, x, mean, rstd, gamma, beta, dres=None, gelu=False):
     """(dx in x.dtype, dgamma, dbeta float32) from the gradient ``dn`` of the GroupNorm output."""
     N, H, W, C = x.shape
     G = mean.shape[1]
-    dx = torch.empty_like(x)
+    cfg = _gn_config(N, H * W, C)
+    grid = _gn_grid(N, C, cfg)
+    ppdg = torch.empty((N, cfg["S"], C), device=x.device, dtype=torch.float32)
+    ppdb = torch.empty_like(ppdg)
+    launch(_gn_bwd_partials_kernel, grid, dn, x, mean, rstd, gamma, beta, ppdg, ppdb, H * W, C, C // G, G,
+           GELU=gelu, **cfg)
     dgamma = torch.empty((N, C), device=x.device, dtype=torch.float32)
     dbeta = torch.empty((N, C), device=x.device, dtype=torch.float32)
-    cfg = _gn_config(C // G)
-    launch(_gn_bwd_kernel, (N * G,),
-        dn, x, mean, rstd, gamma, beta, dres if dres is not None else x, dx, dgamma, dbeta,
-        H * W, C, C // G, G, GELU=gelu, HAS_RES=dres is not None, **cfg)
+    coef = torch.empty((N, G, 2), device=x.device, dtype=torch.float32)
+    launch(_gn_bwd_combine_kernel, (N * G,), ppdg, ppdb, gamma, dgamma, dbeta, coef, H * W, C, C // G, G,
+           cfg["S"], **_gn_combine_config(C // G))
+    dx = torch.empty_like(x)
+    launch(_gn_bwd_kernel, grid, dn, x, mean, rstd, gamma, beta, coef, dres if dres is not None else x, dx,
+           H * W, C, C // G, G, GELU=gelu, HAS_RES=dres is not None, **cfg)
     return dx, dgamma.sum(0), dbeta.sum(0)
 
 
@@ -357,8 +493,12 @@ precision_operator_fwd, precision_operator_bwd = kernel_op(
 def _group_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
                         gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd); weight and bias are float32 (C,)."""
+    N, H, W, C = x.shape
+    mean, rstd = _gn_stats(x, num_groups, eps)
     y = torch.empty_like(x)
-    mean, rstd = _gn_stats(x, num_groups, eps, weight, bias, y, gelu)
+    cfg = _gn_config(N, H * W, C)
+    launch(_gn_apply_kernel, _gn_grid(N, C, cfg), x, mean, rstd, weight, bias, y, H * W, C, C // num_groups,
+           num_groups, GELU=gelu, **cfg)
     return y, mean, rstd
 
 

@@ -56,7 +56,11 @@ KERNELS = {
     "down_dgrad": Kernel(("bf16", "fp32"), True, MATRIX),
     "exchange": Kernel(("bf16", "fp32"), True, MATRIX),
     "up_adjoint": Kernel(("bf16", "fp32"), False, MEMORY),
-    "gn_stats": Kernel(("bf16", "fp32"), False, MEMORY),
+    "gn_stats_partials": Kernel(("bf16", "fp32"), False, MEMORY),
+    "gn_stats_combine": Kernel(("fp32",), False, MEMORY),  # reads only the float32 partials
+    "gn_apply": Kernel(("bf16", "fp32"), False, MEMORY),
+    "gn_bwd_partials": Kernel(("bf16", "fp32"), False, MEMORY),
+    "gn_bwd_combine": Kernel(("fp32",), False, MEMORY),  # reads only the float32 partials
     "gn_bwd": Kernel(("bf16", "fp32"), False, MEMORY),
     "vmf_normalize_fwd": Kernel(("bf16", "fp32"), False, MEMORY),
     "vmf_normalize_bwd": Kernel(("bf16", "fp32"), False, MEMORY),
@@ -87,8 +91,6 @@ _CONV_C16 = "C = 16: 8-byte a, w (cp.async), res and out accesses at 8 warps (4 
 _WGRAD_FP32 = ("the 16-row fp32 tiles at 8 warps: 4-8-byte a/dy copies (C = 16 and 96 in the precision operator, "
                "every resampling weight gradient)")
 _GATHER_32 = "32-row gather tiles (M = 32), below wgmma's 64 rows per warpgroup: mma.sync"
-_GN_NARROW = ("GroupNorm walks one group's CG channels per row with stride C: 2-byte (bf16) / 4-byte (fp32) "
-              "accesses of x, dn, dres, y and dx")
 
 # (kernel, dtype, cc, rule) -> (why it breaches, the issue 15 item that fixes it)
 KNOWN_BREACHES = {
@@ -133,20 +135,6 @@ KNOWN_BREACHES = {
     ("weight_grad", "fp32", 90, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
     ("down_dgrad", "fp32", 80, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
     ("down_dgrad", "fp32", 90, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
-    ("gn_stats", "bf16", 80, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_stats", "bf16", 90, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_stats", "fp32", 80, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_stats", "fp32", 90, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_bwd", "bf16", 80, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_bwd", "bf16", 90, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_bwd", "fp32", 80, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_bwd", "fp32", 90, "wide_access"): (_GN_NARROW, "item 2: vectorised GroupNorm loads along C"),
-    ("gn_bwd", "bf16", 90, "occupancy"): (
-        "144 registers at 4 warps: 3 blocks, 12 warps per SM on sm_90",
-        "item 2: GroupNorm backward split over HW with a two-stage combine"),
-    ("gn_bwd", "fp32", 90, "occupancy"): (
-        "144 registers at 4 warps: 3 blocks, 12 warps per SM on sm_90",
-        "item 2: GroupNorm backward split over HW with a two-stage combine"),
 }
 
 

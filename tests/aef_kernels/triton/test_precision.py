@@ -6,6 +6,7 @@ so an element a kernel forgets to write fails the comparison.
 
 import pytest
 import torch
+import triton
 
 import aef_kernels as K
 from aef_kernels import dispatch
@@ -110,10 +111,12 @@ def test_precision_backward_is_deterministic():
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("activation", [None, "gelu"])
-@pytest.mark.parametrize("N,H,W,C,G", [(1, 1, 1, 16, 4), (2, 3, 5, 24, 12), (1, 6, 40, 12, 4)])
+@pytest.mark.parametrize("N,H,W,C,G", [(1, 1, 1, 16, 4), (2, 3, 5, 24, 12), (1, 6, 40, 12, 4), (1, 40, 40, 16, 8),
+                                      (2, 3, 11, 160, 32), (1, 5, 7, 96, 32)])
 def test_group_norm_nhwc_matches_reference(N, H, W, C, G, activation, affine):
     """group_norm_nhwc forward and gradients (x, weight, bias) equal the reference's; 6x40 spans
-    several statistics chunks."""
+    several pixel tiles of a chunk, 40x40 several chunks of a frame (the last one short), C = 160
+    two channel tiles with a group across their boundary, C = 96 three channels a group."""
     x, params = make_inputs(N, H, W, C)
     weight, bias = (params[0], params[1]) if affine else (None, None)
     inputs = [x] + ([weight, bias] if affine else [])
@@ -122,6 +125,13 @@ def test_group_norm_nhwc_matches_reference(N, H, W, C, G, activation, affine):
     torch.testing.assert_close(y, y_ref, **TOL)
     for got, want in zip(grads(y, inputs), grads(y_ref, inputs)):
         torch.testing.assert_close(got, want, **TOL)
+
+
+def test_group_norm_shapes_cover_chunks_and_channel_tiles():
+    """The shapes above reach the split the kernels are launched with at the model's sizes: a frame
+    in several pixel chunks, and channels in several tiles."""
+    assert tri._gn_config(1, 40 * 40, 16)["S"] > 1
+    assert triton.cdiv(160, tri._gn_config(2, 3 * 11, 160)["BLOCK_C"]) > 1
 
 
 def test_group_norm_statistics_are_stable():
