@@ -26,9 +26,10 @@ delta = rowsum(dO * O) in its own small kernel, then:
 
 Either way every gradient element has exactly one writer: no atomics, bitwise deterministic.
 
-The path is a runtime argument, so one compiled kernel per (dtype, head dim) serves both (the JIT
-still specialises the single-tile flag when it is 1); float32 inputs use tf32x3 dots, which keep
-float32 accuracy on the tensor cores.
+The path is a constexpr (SINGLE), so each path compiles without the other's code: the key loop
+takes one sequence per program, and its per-sequence bases are scalars instead of a vector per
+tile row and column. float32 inputs use tf32x3 dots, which keep float32 accuracy on the tensor
+cores.
 
 A query whose keys are all masked gets o = 0 and lse = +inf, so the recomputed probabilities in the
 backward are exp(s - inf) = 0 and its gradients vanish.
@@ -87,7 +88,7 @@ def _split_sequence(s, HWN, NH, W):
 @triton.jit
 def _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t, T, skt, svt, smt, dd):
     """Key and value rows at times c_t: which exist, which may be attended to (only those are read)."""
-    in_range = seq_ok & (c_t < T)
+    in_range = (c_t < T) & seq_ok
     col_ok = in_range & (tl.load(mask_ptr + m_base + c_t * smt, mask=in_range, other=0) != 0)
     k = tl.load(k_ptr + (k_base + c_t * skt)[:, None] + dd[None, :], mask=col_ok[:, None], other=0.0)
     v = tl.load(v_ptr + (v_base + c_t * svt)[:, None] + dd[None, :], mask=col_ok[:, None], other=0.0)
@@ -102,7 +103,7 @@ def _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r, seq_ok,
     q and dO of a query without any valid key (lse = +inf) are not read: its gradients are zero, and
     whatever is stored there (a masked pixel's NaN) must not reach a key's gradient through a zero
     probability."""
-    row_ok = seq_ok & (r_t < Tq)
+    row_ok = (r_t < Tq) & seq_ok
     row = (b_r * Tq + r_t) * HWN + hwn_r
     lse2 = tl.load(lse_ptr + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
     live = row_ok & (lse2 != float("inf"))
@@ -151,6 +152,20 @@ def _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, DOT_PRECISION: t
 
 
 @triton.jit
+def _slots(i, per, group, seqs, S, SINGLE: tl.constexpr):
+    """(slot, sequence, time offset, whether the sequence exists) of tile rows or columns ``i`` of
+    program ``group``, which packs ``seqs`` sequences of ``per`` frames each. The key loop takes
+    one sequence per program, which always exists: the sequence is the scalar ``group``, so every
+    per-sequence base is a scalar too and the loop carries no vector of int64 bases."""
+    if SINGLE:
+        slot = i // per
+        s = group * seqs + slot
+        return slot, s, (i - slot * per).to(tl.int64), (slot < seqs) & (s < S)
+    else:
+        return 0, group, i.to(tl.int64), True
+
+
+@triton.jit
 def _store_rows(ptr, rows, x, ok, dd, BLOCK_D: tl.constexpr):
     """x into rows ``rows`` of a contiguous (..., BLOCK_D) tensor, where ``ok``."""
     tl.store(ptr + (rows * BLOCK_D)[:, None] + dd[None, :], x.to(ptr.dtype.element_ty), mask=ok[:, None])
@@ -164,8 +179,8 @@ def _attn_fwd_kernel(
     skb, skt, skh, skw, skn,
     svb, svt, svh, svw, svn,
     smb, smt, smh, smw,
-    qk_scale, seqs, qrows, kcols, n_qblocks, single,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    qk_scale, seqs, qrows, kcols, n_qblocks,
+    SINGLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -173,29 +188,22 @@ def _attn_fwd_kernel(
     qblock = pid - group * n_qblocks
     dd = tl.arange(0, BLOCK_D)
 
-    r = tl.arange(0, BLOCK_M)
-    r_seq = r // qrows
-    r_t = (qblock * qrows + (r - r_seq * qrows)).to(tl.int64)
-    s_r = group * seqs + r_seq
-    row_ok = (r_seq < seqs) & (s_r < S) & (r_t < Tq)
+    r_seq, s_r, r_t0, seq_r_ok = _slots(tl.arange(0, BLOCK_M), qrows, group, seqs, S, SINGLE)
+    r_t = qblock * qrows + r_t0
+    row_ok = (r_t < Tq) & seq_r_ok
     b_r, hwn_r, h_r, w_r, n_r = _split_sequence(s_r, HWN, NH, W)
     q_off = b_r * sqb + r_t * sqt + h_r * sqh + w_r * sqw + n_r * sqn
     q = tl.load(q_ptr + q_off[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
 
-    c = tl.arange(0, BLOCK_N)
-    c_seq = c // kcols
-    c_t0 = (c - c_seq * kcols).to(tl.int64)
-    s_c = group * seqs + c_seq
-    seq_ok = (c_seq < seqs) & (s_c < S)
+    c_seq, s_c, c_t0, seq_ok = _slots(tl.arange(0, BLOCK_N), kcols, group, seqs, S, SINGLE)
     b_c, hwn_c, h_c, w_c, n_c = _split_sequence(s_c, HWN, NH, W)
     k_base = b_c * skb + h_c * skh + w_c * skw + n_c * skn
     v_base = b_c * svb + h_c * svh + w_c * svw + n_c * svn
     m_base = b_c * smb + h_c * smh + w_c * smw
-    same_seq = r_seq[:, None] == c_seq[None, :]
 
-    if single:
+    if SINGLE:
         _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t0, T, skt, svt, smt, dd)
-        valid = same_seq & col_ok[None, :]
+        valid = (r_seq[:, None] == c_seq[None, :]) & col_ok[None, :]
         acc, l_i, m_safe = _fwd_tile(q, k, v, valid, qk_scale, DOT_PRECISION)
         if _any_nonfinite(acc):
             # P @ V multiplies the zero probabilities of other sequences' keys by their values, so
@@ -217,7 +225,7 @@ def _attn_fwd_kernel(
             _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, start + c_t0, T,
                                       skt, svt, smt, dd)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            s = tl.where(same_seq & col_ok[None, :], s, float("-inf"))
+            s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_i - m_safe)
@@ -256,42 +264,31 @@ def _attn_bwd_kernel(
     skb, skt, skh, skw, skn,
     svb, svt, svh, svw, svn,
     smb, smt, smh, smw,
-    scale, seqs, qrows, kcols, single,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    scale, seqs, qrows, kcols,
+    SINGLE: tl.constexpr, DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    # The key loop gives each sequence group two programs: phase 0 for dk and dv, phase 1 for dq.
-    group = pid // (2 - single)
-    phase = pid - group * (2 - single)
+    # The key loop runs as two launches of this kernel: DQ False for dk and dv, DQ True for dq.
+    group = tl.program_id(0)
     qk_scale = scale * 1.4426950408889634
     dd = tl.arange(0, BLOCK_D)
 
-    r = tl.arange(0, BLOCK_M)
-    r_seq = r // qrows
-    r_t0 = (r - r_seq * qrows).to(tl.int64)
-    s_r = group * seqs + r_seq
-    seq_r_ok = (r_seq < seqs) & (s_r < S)
+    r_seq, s_r, r_t0, seq_r_ok = _slots(tl.arange(0, BLOCK_M), qrows, group, seqs, S, SINGLE)
     b_r, hwn_r, h_r, w_r, n_r = _split_sequence(s_r, HWN, NH, W)
     q_base = b_r * sqb + h_r * sqh + w_r * sqw + n_r * sqn
 
-    c = tl.arange(0, BLOCK_N)
-    c_seq = c // kcols
-    c_t0 = (c - c_seq * kcols).to(tl.int64)
-    s_c = group * seqs + c_seq
-    seq_c_ok = (c_seq < seqs) & (s_c < S)
+    c_seq, s_c, c_t0, seq_c_ok = _slots(tl.arange(0, BLOCK_N), kcols, group, seqs, S, SINGLE)
     b_c, hwn_c, h_c, w_c, n_c = _split_sequence(s_c, HWN, NH, W)
     k_base = b_c * skb + h_c * skh + w_c * skw + n_c * skn
     v_base = b_c * svb + h_c * svh + w_c * svw + n_c * svn
     m_base = b_c * smb + h_c * smh + w_c * smw
-    same_seq = r_seq[:, None] == c_seq[None, :]
 
-    if single:
+    if SINGLE:
         row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r,
                                                         seq_r_ok, r_t0, Tq, HWN, sqt, dd, BLOCK_D)
         in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt,
                                             svt, smt, dd)
-        valid = same_seq & col_ok[None, :]
+        valid = (r_seq[:, None] == c_seq[None, :]) & col_ok[None, :]
         dq, dk, dv = _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, DOT_PRECISION)
         if _any_nonfinite(dq) | _any_nonfinite(dk) | _any_nonfinite(dv):
             # As in the forward: the dots multiply zero entries of P and dS by other sequences' q,
@@ -310,7 +307,7 @@ def _attn_bwd_kernel(
         _store_rows(dq_ptr, row, dq, row_ok, dd, BLOCK_D)
         _store_rows(dk_ptr, col, dk, in_range, dd, BLOCK_D)
         _store_rows(dv_ptr, col, dv, in_range, dd, BLOCK_D)
-    elif phase == 0:
+    elif not DQ:
         # dk, dv of one key block at a time, summed over every query block of the sequence.
         for kstart in range(0, T, kcols):
             c_t = kstart + c_t0
@@ -322,8 +319,7 @@ def _attn_bwd_kernel(
                 row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r,
                                                                 hwn_r, seq_r_ok, qstart + r_t0, Tq, HWN, sqt, dd,
                                                                 BLOCK_D)
-                p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale,
-                                           DOT_PRECISION)
+                p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, col_ok[None, :], qk_scale, DOT_PRECISION)
                 dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
             col = (b_c * T + c_t) * HWN + hwn_c
@@ -338,8 +334,7 @@ def _attn_bwd_kernel(
             for kstart in range(0, T, kcols):
                 _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok,
                                              kstart + c_t0, T, skt, svt, smt, dd)
-                p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, same_seq & col_ok[None, :], qk_scale,
-                                           DOT_PRECISION)
+                p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, col_ok[None, :], qk_scale, DOT_PRECISION)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
             _store_rows(dq_ptr, row, dq * scale, row_ok, dd, BLOCK_D)
 
@@ -363,29 +358,45 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
     return _Config(False, 1, tile, tile)
 
 
-# Warps per (dtype, direction) and head dim 16/32/64/128: the fewest for which the faithful AOT
-# compile shows no spill on sm_80 and sm_90 (the float32 backward at d = 128 spills at any count).
-# The 16-bit backward's 32-row tiles take 2 warps at d = 16, where 4 computed every row twice (the
-# mma layout's warps over 64 rows); at d = 32 2 warps spill 40 B on sm_90, and 4 warps at d = 16 in
-# the forward spill 8 B on sm_80 (faithful AOT, 2026-12-02).
-_WARPS = {("16bit", False): (8, 4, 8, 8), ("16bit", True): (2, 4, 4, 8),
-          ("fp32", False): (8, 2, 4, 8), ("fp32", True): (8, 8, 8, 8)}
+# Warps per (dtype, direction, path) and head dim 16/32/64/128: tiles of 16-row mma warps covered
+# once where that compiles without a spill on sm_80 and sm_90, read off the faithful AOT compile
+# (benchmarks/notes/triton_aot.md, 2026-12-02 and 2026-12-03). The 16-bit forward's 64-row tiles
+# take 4 warps (one warpgroup: wgmma on sm_90), except two single tiles: d = 16 spills 8 B on sm_80
+# at 4 and runs 2 (mma.sync on sm_90), d = 128 spills 240 B at 4 and runs 8 (rows duplicated on
+# sm_90). float32's 16-row tiles take 1 warp, except the d = 32 single tile (16 B spill on sm_90 at
+# 1: 2) and d = 128 (400-700 B spills below 8).
+# The 16-bit backward's 32-row tiles take 2 warps, except the single tile at d = 32 and 64 (40 B
+# spills on sm_90 at 2: 4, every row computed twice at d = 32) and d = 128 (spills at 2, and 8 B in
+# the key loop's dq pass on sm_80 at 4: 8). 64-row key-loop tiles at 4 warps would give wgmma on
+# sm_90 but spill 8-136 B in the dk/dv pass at d = 64 and 128. The float32 backward at d = 128
+# spills at any count.
+_WARPS = {("16bit", False, True): (2, 4, 4, 8), ("16bit", False, False): (4, 4, 4, 4),
+          ("16bit", True, True): (2, 4, 4, 8), ("16bit", True, False): (2, 2, 2, 8),
+          ("fp32", False, True): (1, 2, 1, 8), ("fp32", False, False): (1, 1, 1, 8),
+          ("fp32", True, True): (8, 8, 8, 8), ("fp32", True, False): (8, 8, 8, 8)}
 
 
-def _attn_config(t: str, d: int, backward: bool) -> dict:
+def _tile(t: str, backward: bool) -> int:
+    """Rows and columns of the score tile of dtype ``t``: also the longest T of the single-tile path."""
+    return TILES[t] // _BWD_TILE_DIVISOR[t] if backward else TILES[t]
+
+
+def _attn_config(t: str, d: int, backward: bool, single: bool) -> dict:
     """Constexprs and launch options of the forward (or backward) kernel for dtype ``t`` and head
     dim ``d``; the launchers, the dispatcher's reasons and the AOT compilation all take them from
     here. BLOCK_M is also the longest T of the single-tile path. Two stages: the key loop's K and V
     tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89 (three stages need
     114 KB in the forward and 131 KB in the backward on sm_90)."""
-    tile = TILES[t] // _BWD_TILE_DIVISOR[t] if backward else TILES[t]
-    warps = _WARPS[("fp32" if t == "fp32" else "16bit", backward)][HEAD_DIMS.index(d)]
-    return {"BLOCK_M": tile, "BLOCK_N": tile, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
+    tile = _tile(t, backward)
+    warps = _WARPS[("fp32" if t == "fp32" else "16bit", backward, single)][HEAD_DIMS.index(d)]
+    return {"SINGLE": single, "BLOCK_M": tile, "BLOCK_N": tile, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
             "num_warps": warps, "num_stages": 2}
 
 
-def _delta_config(d: int) -> dict:
-    return {"BLOCK_R": DELTA_ROWS, "BLOCK_D": d, "num_warps": 4, "num_stages": 3}
+def _delta_config(d: int, element_size: int) -> dict:
+    """Up to 4 warps, as many as give every thread 16 bytes of each row tile (2 for 16-bit d = 16)."""
+    warps = max(1, min(4, DELTA_ROWS * d * element_size // (16 * 32)))
+    return {"BLOCK_R": DELTA_ROWS, "BLOCK_D": d, "num_warps": warps, "num_stages": 3}
 
 
 def _mask_args(mask: Optional[torch.Tensor], q: torch.Tensor):
@@ -415,13 +426,13 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask
     S = B * H * W * NH
     if S == 0 or Tq == 0:
         return o, lse
-    blocks = _attn_config(TL_DTYPES[q.dtype], d, backward=False)
-    cfg = _config(Tq, T, blocks["BLOCK_M"])
+    cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], backward=False))
     mask, mask_strides = _mask_args(key_padding_mask, q)
     n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
     grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
     launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
-           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks, int(cfg.single), **blocks)
+           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks,
+           **_attn_config(TL_DTYPES[q.dtype], d, backward=False, single=cfg.single))
     return o, lse
 
 
@@ -439,14 +450,15 @@ def _backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     do = grad
     n_rows = S * Tq
     delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
-    launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows, **_delta_config(d))
-    blocks = _attn_config(TL_DTYPES[q.dtype], d, backward=True)
-    cfg = _config(Tq, T, blocks["BLOCK_M"])
+    launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows,
+           **_delta_config(d, o.element_size()))
+    cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], backward=True))
     mask, mask_strides = _mask_args(key_padding_mask, q)
     groups = triton.cdiv(S, cfg.seqs)
-    launch(_attn_bwd_kernel, (groups if cfg.single else 2 * groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
-           *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, int(cfg.single),
-           **blocks)
+    for dq_pass in (False,) if cfg.single else (False, True):
+        launch(_attn_bwd_kernel, (groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
+               *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, DQ=dq_pass,
+               **_attn_config(TL_DTYPES[q.dtype], d, backward=True, single=cfg.single))
     return dq, dk, dv
 
 
@@ -459,9 +471,9 @@ def _launch_reasons(q, k, v, key_padding_mask, scale) -> list[str]:
     """The grid and shared-memory limits of the configurations these inputs launch."""
     B, Tq, H, W, NH, d = q.shape
     for backward in (False, True):
-        cfg = _config(Tq, k.shape[1], _attn_config(TL_DTYPES[q.dtype], d, backward)["BLOCK_M"])
+        cfg = _config(Tq, k.shape[1], _tile(TL_DTYPES[q.dtype], backward))
         groups = triton.cdiv(B * H * W * NH, cfg.seqs)
-        programs = groups * (1 if cfg.single else max(2, triton.cdiv(Tq, cfg.qrows)))
+        programs = groups * (1 if cfg.single or backward else triton.cdiv(Tq, cfg.qrows))
         if programs > MAX_PROGRAMS:
             return [f"{B * H * W * NH} sequences need {programs} programs (grid limit {MAX_PROGRAMS})"]
     return shared_memory_reasons("axial_time_attention", SHARED_BYTES, q)

@@ -46,15 +46,17 @@ def test_every_call_launches_through_the_recorder_with_explicit_options():
         assert all(t.device.type == "meta" for t in launch.args if isinstance(t, torch.Tensor)), call.name
 
 
-def test_both_values_of_runtime_path_flags_are_launched():
-    """The attention kernels' runtime ``single`` flag (single tile vs key loop) is launched with both
-    values in forward and backward, so both specialisations are compiled (1 becomes a constant)."""
+def test_every_path_of_the_attention_kernels_is_launched():
+    """The attention kernels' path constexprs take every value among the recorded calls: the single
+    tile and the key loop (SINGLE) in forward and backward, and the key loop's dk/dv and dq passes
+    (DQ), so the AOT compiles each path's kernel."""
     seen = {}
     for _, launch in _recorded():
-        names = list(launch.kernel.arg_names)
-        if "single" in names:
-            seen.setdefault(_name(launch.kernel), set()).add(launch.args[names.index("single")])
-    assert seen == {"_attn_fwd_kernel": {0, 1}, "_attn_bwd_kernel": {0, 1}}
+        if "SINGLE" in launch.kwargs:
+            paths = (launch.kwargs["SINGLE"], launch.kwargs.get("DQ"))
+            seen.setdefault(_name(launch.kernel), set()).add(paths)
+    assert seen == {"_attn_fwd_kernel": {(True, None), (False, None)},
+                    "_attn_bwd_kernel": {(True, False), (False, False), (False, True)}}
 
 
 # Run in a child without the interpreter, where kernels are the JIT's own objects.
