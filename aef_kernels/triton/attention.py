@@ -21,8 +21,8 @@ The forward saves the float32 log-sum-exp, shape (B, Tq, H, W, heads). The backw
 delta = rowsum(dO * O) in its own small kernel, then:
 
 - single tile: one program per group of sequences computes dq, dk and dv of its sequences at once;
-- key loop: each sequence gets two programs, one accumulating dk and dv over the query blocks, the
-  other dq over the key blocks (recomputing the probabilities).
+- key loop: two launches of one kernel, each with a program per sequence: DQ false accumulates dk
+  and dv over the query blocks, DQ true dq over the key blocks (both recomputing the probabilities).
 
 Either way every gradient element has exactly one writer: no atomics, bitwise deterministic.
 
