@@ -320,8 +320,16 @@ def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, coef_
 
 def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    return dict(BLOCK_M=64, BLOCK_N=tile_size(cout, 16, 128), BLOCK_K=tile_size(cin, 16, 64 if wide else 32),
-                num_warps=8, num_stages=3 if wide else 2)
+    bn, bk = tile_size(cout, 16, 128), tile_size(cin, 16, 64 if wide else 32)
+    return dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K=bk, num_warps=_tile_warps(64, bn, bk, dtype),
+                num_stages=3 if wide else 2)
+
+
+def _tile_warps(bm: int, bn: int, bk: int, dtype: torch.dtype) -> int:
+    """8 warps, or 4 where the smallest of the three tiles of a (bm x bk) by (bk x bn) product holds
+    under 16 bytes a thread at 8 (C = 16: a 64 x 16 16-bit tile is 8 bytes a thread)."""
+    smallest = min(bm * bk, bk * bn, bm * bn) * torch.empty((), dtype=dtype).element_size()
+    return 8 if smallest >= 8 * 32 * 16 else 4
 
 
 def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
@@ -330,8 +338,9 @@ def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     # spill 8 B on sm_80 at C = 128 (both operands >= 128 channels). Faithful AOT,
     # benchmarks/notes/triton_aot.md.
     stages = 3 if wide or min(cin, cout) < 128 else 2
-    return dict(BLOCK_M=64 if wide else 16, BLOCK_CI=tile_size(cin, 16, 64), BLOCK_CO=tile_size(cout, 16, 128),
-                num_warps=8, num_stages=stages)
+    bm, bci, bco = 64 if wide else 16, tile_size(cin, 16, 64), tile_size(cout, 16, 128)
+    return dict(BLOCK_M=bm, BLOCK_CI=bci, BLOCK_CO=bco, num_warps=_tile_warps(bm, bco, bci, dtype),
+                num_stages=stages)
 
 
 # GroupNorm programs per call: frames are split into chunks of pixels so that the statistics and the

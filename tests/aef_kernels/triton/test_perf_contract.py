@@ -86,7 +86,6 @@ _BWD_WARPS = ("the backward's 32-row single tile at 4 warps (d = 32: 2 spill 40 
 _FP32_8_WARPS = ("fp32 (tf32x3) dots at 8 warps on 64-row tiles: mma warpsPerCTA [8, 1] covers 8 x 16 = 128 rows, "
                  "2 copies of each tile")
 _FP32_8_WARPS_FIX = "item 2: 4 warps per 64-row tile (or 128-row tiles at 8 warps)"
-_CONV_C16 = "C = 16: 8-byte a, w (cp.async), res and out accesses at 8 warps (4 bf16 elements a thread)"
 _WGRAD_FP32 = ("the 16-row fp32 tiles at 8 warps: 4-8-byte a/dy copies (C = 16 and 96 in the precision operator, "
                "every resampling weight gradient)")
 _GATHER_32 = "32-row gather tiles (M = 32), below wgmma's 64 rows per warpgroup: mma.sync"
@@ -102,12 +101,6 @@ KNOWN_BREACHES = {
     ("attn_bwd", "bf16", 80, "no_duplicated_warps"): (_BWD_WARPS, "item 2: backward tiles that fit fewer warps"),
     ("attn_bwd", "bf16", 90, "no_duplicated_warps"): (_BWD_WARPS, "item 2: backward tiles that fit fewer warps"),
     ("attn_bwd", "bf16", 90, "wgmma"): (_BWD_32_ROWS, "item 2: 64-row backward tiles without spills"),
-    ("conv3x3", "bf16", 80, "wide_access"): (_CONV_C16, "item 2: tiles and warps matched at C = 16"),
-    ("conv3x3", "bf16", 90, "wide_access"): (_CONV_C16, "item 2: tiles and warps matched at C = 16"),
-    ("conv3x3", "fp32", 80, "wide_access"): ("C = 16: 8-byte w copies at 8 warps", "item 2: tiles and warps matched"),
-    ("conv3x3", "fp32", 90, "wide_access"): ("C = 16: 8-byte w copies at 8 warps", "item 2: tiles and warps matched"),
-    ("weight_grad", "bf16", 80, "wide_access"): ("C = 16: 8-byte a and dy copies at 8 warps", "item 2"),
-    ("weight_grad", "bf16", 90, "wide_access"): ("C = 16: 8-byte a and dy copies at 8 warps", "item 2"),
     ("weight_grad", "fp32", 80, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "fp32", 90, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "bf16", 90, "wgmma"): ("32-row split-K tiles (M = 32): mma.sync", "item 2: 64-row tiles"),
