@@ -1,9 +1,11 @@
 // Axial time attention forward: o = softmax(scale * q k^T, masked) v per sequence (one pixel and
 // head), reading q, k, v in place from their (B, T, H, W, heads, d) strides.
 //
-// A warp owns 16 queries of one sequence and walks the keys in blocks of 64 (fewer at d = 128) with
-// the online softmax; for T <= 64 (d <= 64) that is a single block, so the whole 16 x T score tile stays
-// in registers and is normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
+// A block's warps own consecutive tiles of 16 queries of one sequence, their Q fragments held in
+// registers, and walk the keys together in blocks of 64 (fewer at d = 128) with the online softmax:
+// each block of K and V is staged in shared memory once for all of them (axial_attention.cuh). For
+// T <= 64 (d <= 64) that is a single block, so the whole 16 x T score tile of a warp stays in
+// registers and is normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
 // lse2 = log2(sum_j exp2(scale * log2(e) * q.k_j)), so the backward recomputes the probabilities as
 // exp2(scale * log2(e) * q.k - lse2) with no change of base. A query with no valid key gets o = 0
 // and lse2 = +inf, which makes every recomputed probability exactly 0.
@@ -22,29 +24,44 @@ __host__ __device__ constexpr int key_block() {
   return D < 128 ? 64 : (sizeof(T) == 4 ? 16 : 32);
 }
 
+// Rows of the shared tile: the block's queries, then K (rows 0..) and V (rows kKeyBlock..) of each
+// key block in turn.
 template <typename T, int D>
+__host__ __device__ constexpr int fwd_tile_rows() {
+  return kBlockRows > 2 * key_block<T, D>() ? kBlockRows : 2 * key_block<T, D>();
+}
+
+template <typename T, int D, int VEC>
 __global__ void __launch_bounds__(kThreads, 1)
     axial_attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         T* __restrict__ o, float* __restrict__ lse, Problem p) {
   constexpr int kKeyBlock = key_block<T, D>();
   constexpr int kTiles = kKeyBlock / 8;  // score tiles of 8 keys
-  constexpr int kChunks = D / 16;        // k-steps over the head dim
   constexpr int kOutTiles = D / 8;
+  constexpr int kStride = tile_stride<T, D>();
+  alignas(16) __shared__ T tile[fwd_tile_rows<T, D>() * kStride];
+  T* const kt = tile;
+  T* const vt = tile + kKeyBlock * kStride;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
-  // Sequences s < 2^31 and strides of 2^31 warps at most: the sum stays within uint32.
-  for (uint32_t s = first_sequence(); s < p.S; s += sequence_stride()) {
+  const BlockRows br = block_rows(p.Tq);
+  const int64_t r0 = br.tile + g;  // query frames of rows g and g + 8
+  const int64_t r1 = r0 + 8;
+  const bool ok0 = r0 < p.Tq, ok1 = r1 < p.Tq;
+  // Sequences s < 2^31 and strides of 2^31 blocks at most: the sum stays within uint32.
+  for (uint32_t s = blockIdx.x; s < p.S; s += gridDim.x) {
     const Seq sq = split_sequence(s, p);
     const T* qs = q + base_offset(p.q, sq);
     const T* ks = k + base_offset(p.k, sq);
     const T* vs = v + base_offset(p.v, sq);
     const uint8_t* ms = p.mask ? p.mask + (sq.b * p.m.b + sq.h * p.m.h + sq.w * p.m.w) : nullptr;
-    const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTileRows + g;  // query frames of rows g and g + 8
-    const int64_t r1 = r0 + 8;
-    const bool ok0 = r0 < p.Tq, ok1 = r1 < p.Tq;
-    const T* q0 = qs + r0 * p.q.t;
-    const T* q1 = qs + r1 * p.q.t;
+
+    __syncthreads();  // the previous sequence's last K and V are read
+    stage<T, D, VEC>(tile, qs + br.first * p.q.t, p.q.t, br.count, [&](int r) { return br.first + r < p.Tq; });
+    __syncthreads();
+    FragA<T> qa[D / 16];
+    hold_rows<T, D>(qa, tile + (br.tile - br.first) * kStride);
 
     float acc[kOutTiles][4];
 #pragma unroll
@@ -53,24 +70,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     float l[2] = {0.f, 0.f};              // this lane's share of the running row sums
 
     for (int64_t kb = 0; kb < p.T; kb += kKeyBlock) {
-      // Bit j: key kb + 8j + g, the K row this lane loads for score tile j, may be read. Padding
-      // keys are not read at all, so whatever they hold (NaN included) cannot reach the output.
-      unsigned kread = 0;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) kread |= unsigned(key_valid(p, ms, kb + j * 8 + g)) << j;
+      __syncthreads();  // the queries (first block) or the previous K and V are read
+      const auto readable = [&](int r) { return key_valid(p, ms, kb + r); };
+      stage<T, D, VEC>(kt, ks + kb * p.k.t, p.k.t, kKeyBlock, readable);
+      stage<T, D, VEC>(vt, vs + kb * p.v.t, p.v.t, kKeyBlock, readable);
+      __syncthreads();
+      if (!br.active) continue;  // warp-uniform
+
       float sc[kTiles][4];
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        const FragA<T> qa = load_a(q0 + c * 16, q1 + c * 16, ok0, ok1, t, p.vec2);
-#pragma unroll
-        for (int j = 0; j < kTiles; ++j) {
-          if (kb + j * 8 >= p.T) continue;  // warp-uniform: tiles past the last key stay masked
-          const T* krow = ks + (kb + j * 8 + g) * p.k.t + c * 16;
-          mma(sc[j], qa, load_b_rows(krow, kread >> j & 1u, t, p.vec2));
-        }
-      }
+      rows_by_cols<T, D>(sc, qa, kt, p.T - kb);
 
       // Bit 2j + e: key kb + 8j + 2t + e (this lane's score columns) may be attended to.
       unsigned valid = 0;
@@ -115,14 +125,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int c = 0; c < kTiles / 2; ++c) {
         if (kb + c * 16 >= p.T) continue;  // warp-uniform; all its probabilities are 0
-        const FragA<T> pa = a_from_c<T>(sc[2 * c], sc[2 * c + 1]);
-        // Rows 2t, 2t+1, 2t+8, 2t+9 of this 16-key slice are score columns (2c, e) and (2c+1, e).
-        const unsigned rows = ((valid >> (4 * c)) & 3u) | (((valid >> (4 * c + 2)) & 3u) << 2);
-        const T* vrow = vs + (kb + c * 16) * p.v.t + g;
-#pragma unroll
-        for (int i = 0; i < kOutTiles; ++i) mma(acc[i], pa, load_b_cols(vrow + i * 8, p.v.t, rows, t));
+        // Padding keys' V rows are zeros in the tile and their probabilities 0.
+        accumulate_rows<T, D>(acc, a_from_c<T>(sc[2 * c], sc[2 * c + 1]), vt + c * 16 * kStride);
       }
     }
+    if (!br.active) continue;
 
     const int64_t row0 = contiguous_row(sq, p.Tq, r0, p.HWN);
     const int64_t row1 = contiguous_row(sq, p.Tq, r1, p.HWN);
@@ -146,24 +153,31 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-template <typename T, int D>
-cudaError_t launch_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
-                       cudaStream_t stream) {
-  const dim3 grid(grid_for_rows(p.S, kWarps).x, static_cast<unsigned>(row_tiles(p.Tq)));
-  axial_attention_fwd<T, D><<<grid, kThreads, 0, stream>>>(
+template <typename T, int D, int VEC>
+cudaError_t launch_fwd_kernel(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
+                              cudaStream_t stream) {
+  axial_attention_fwd<T, D, VEC><<<rows_grid(p, p.Tq), 32 * block_warps(p.Tq), 0, stream>>>(
       reinterpret_cast<const T*>(q), reinterpret_cast<const T*>(k), reinterpret_cast<const T*>(v),
       reinterpret_cast<T*>(o), reinterpret_cast<float*>(lse), p);
   return cudaGetLastError();
 }
 
+// vector: q, k and v are staged in 16-byte loads (vector_qkv), else element by element.
+template <typename T, int D>
+cudaError_t launch_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
+                       bool vector, cudaStream_t stream) {
+  return vector ? launch_fwd_kernel<T, D, 16 / sizeof(T)>(q, k, v, o, lse, p, stream)
+                : launch_fwd_kernel<T, D, 1>(q, k, v, o, lse, p, stream);
+}
+
 template <typename T>
 cudaError_t launch_fwd_typed(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
-                             int64_t d, cudaStream_t stream) {
+                             int64_t d, bool vector, cudaStream_t stream) {
   switch (d) {
-    case 16: return launch_fwd<T, 16>(q, k, v, o, lse, p, stream);
-    case 32: return launch_fwd<T, 32>(q, k, v, o, lse, p, stream);
-    case 64: return launch_fwd<T, 64>(q, k, v, o, lse, p, stream);
-    default: return launch_fwd<T, 128>(q, k, v, o, lse, p, stream);
+    case 16: return launch_fwd<T, 16>(q, k, v, o, lse, p, vector, stream);
+    case 32: return launch_fwd<T, 32>(q, k, v, o, lse, p, vector, stream);
+    case 64: return launch_fwd<T, 64>(q, k, v, o, lse, p, vector, stream);
+    default: return launch_fwd<T, 128>(q, k, v, o, lse, p, vector, stream);
   }
 }
 
@@ -180,12 +194,13 @@ int launch_axial_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t 
   if (const int status = clear_earlier_error()) return status;
   const int64_t d = sizes[6];
   const cudaStream_t s = as_stream(stream);
-  const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
-                                    static_cast<int>(dtype_size(dtype)));
+  const auto p = attn::make_problem(mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale);
+  const int elem = static_cast<int>(dtype_size(dtype));
+  const bool vector = attn::vector_qkv(q, k, v, sizes, q_strides, k_strides, v_strides, elem);
   switch (dtype) {
-    case kFloat32: return attn::launch_fwd_typed<float>(q, k, v, o, lse, p, d, s);
-    case kFloat16: return attn::launch_fwd_typed<__half>(q, k, v, o, lse, p, d, s);
-    default: return attn::launch_fwd_typed<__nv_bfloat16>(q, k, v, o, lse, p, d, s);
+    case kFloat32: return attn::launch_fwd_typed<float>(q, k, v, o, lse, p, d, vector, s);
+    case kFloat16: return attn::launch_fwd_typed<__half>(q, k, v, o, lse, p, d, vector, s);
+    default: return attn::launch_fwd_typed<__nv_bfloat16>(q, k, v, o, lse, p, d, vector, s);
   }
 }
 

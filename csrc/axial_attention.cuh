@@ -1,13 +1,23 @@
 // Axial time attention, shared by the forward (axial_attention.cu) and the backward
 // (axial_attention_bwd.cu): problem description, host argument checks, addressing of the
-// (B, T, H, W, heads, d) layout and the warp-level tile primitives.
+// (B, T, H, W, heads, d) layout, the staging of tiles in shared memory and the warp-level tile
+// primitives.
 //
-// Every kernel is warp-centric: a warp owns one tile of 16 rows (queries, or keys in the dk/dv pass)
-// of one sequence and loops over the other side in column blocks; warps never share data, so there
-// is no shared memory and no block-level synchronisation. Products are mma.sync m16n8k16 (row.col)
-// with float32 accumulation for float16 and bfloat16; float32 inputs run the same code through an
-// exact-float32 emulation of that instruction with the same fragment layout, so one kernel body
-// serves all dtypes.
+// A block works on one sequence at a time. Its warps (one per 16-row tile of the sequence, up to
+// four, so that a sequence of 16 frames or fewer takes a one-warp block instead of idling three
+// warps) own consecutive tiles of 16 rows: queries, or keys in the dk/dv pass. The block's rows go
+// through shared memory once and each warp keeps the A fragments of its tile in registers; then
+// the block walks the other side (K and V, or Q and dO) in column blocks: its threads copy each
+// block into shared memory together, a barrier, and every warp reads its B fragments from there.
+// The copies are 16-byte global loads where the host found every row of every operand 16-byte
+// aligned (kernels with VEC = 16 / sizeof(T)), element loads otherwise (VEC = 1); rows that may not
+// be read (padding keys, frames past the end) are stored as zeros and never loaded. Every loop a
+// barrier sits in has a bound uniform over the block, and warps whose tile lies past the end still
+// copy and reach every barrier; they skip only the products.
+//
+// Products are mma.sync m16n8k16 (row.col) with float32 accumulation for float16 and bfloat16;
+// float32 inputs run the same code through an exact-float32 emulation of that instruction with the
+// same fragment layout, so one kernel body serves all dtypes.
 //
 // Fragment layout of m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), with lane = 4g + t:
 //   A (16 x 16): v[0..1] = A[g][2t..2t+1],     v[2..3] = A[g+8][2t..2t+1],
@@ -28,11 +38,12 @@
 namespace aef {
 namespace attn {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 4;  // at most, per block
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileRows = 16;  // the M of m16n8k16: rows of a warp's tile
+constexpr int kBlockRows = kWarps * kTileRows;
 
-// Sequences are split in 32 bits; row tiles of a sequence go on grid axis 1.
+// Sequences are split in 32 bits; groups of row tiles of a sequence go on grid axis 1.
 constexpr int64_t kMaxSequences = 2147483647;
 constexpr int64_t kMaxGridY = 65535;
 
@@ -61,7 +72,6 @@ struct Problem {
   int64_t T;    // key frames
   float scale;
   float scale_log2;  // scale * log2(e): scores are kept in base 2 so exp2 is one instruction
-  bool vec2;         // every operand row start is aligned for two-element vector loads
   Strides q, k, v;
   const uint8_t* mask;  // nullptr: every key in range is valid
   MaskStrides m;
@@ -80,7 +90,8 @@ static_assert(sizeof(kAttentionHeadDims) / sizeof(int) == 4 && kAttentionHeadDim
 
 // Pointers written (and, in the backward, dO and O read) two elements at a time by store_pair and
 // Pack<T, 2> loads, which have no element-wise form: they need two elements' alignment. q, k and v
-// take two-element loads only where they allow them (Problem::vec2), so they need one element's.
+// are staged in 16-byte loads where they allow them (vector_rows) and element by element otherwise,
+// so they need one element's.
 inline bool pairs_aligned(std::initializer_list<uintptr_t> pairs, std::initializer_list<uintptr_t> elements,
                           int dtype) {
   return all_aligned(pairs, 2 * dtype_size(dtype)) && all_aligned(elements, dtype_size(dtype));
@@ -112,17 +123,30 @@ inline int check_args(std::initializer_list<uintptr_t> required_pointers, const 
   return kOk;
 }
 
-inline Strides to_strides(const std::vector<int64_t>& s) { return {s[0], s[1], s[2], s[3], s[4]}; }
-
-inline bool pair_aligned(uintptr_t ptr, const Strides& s, int elem) {
-  const auto even = [](int64_t x) { return x % 2 == 0; };
-  return ptr % (2 * elem) == 0 && even(s.b) && even(s.t) && even(s.h) && even(s.w) && even(s.n);
+// Whether an operand's tiles can be staged in 16-byte loads: every row of it starts on a 16-byte
+// boundary, along each of its five dimensions (a dimension of length one never steps, whatever its
+// stride). frames: Tq for q, T for k and v.
+inline bool vector_rows(uintptr_t ptr, const std::vector<int64_t>& strides, const std::vector<int64_t>& sizes,
+                        int64_t frames, int elem) {
+  const int64_t dims[5] = {sizes[0], frames, sizes[3], sizes[4], sizes[5]};
+  for (int i = 0; i < 5; ++i)
+    if (!rows_aligned(ptr, dims[i], sizes[6], strides[i], elem, 16)) return false;
+  return true;
 }
 
-inline Problem make_problem(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mask, const std::vector<int64_t>& sizes,
-                            const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
-                            const std::vector<int64_t>& v_strides, const std::vector<int64_t>& mask_strides,
-                            double scale, int elem) {
+// q, k and v all allow 16-byte staging (the launchers then pick the VEC = 16 / sizeof(T) kernels).
+inline bool vector_qkv(uintptr_t q, uintptr_t k, uintptr_t v, const std::vector<int64_t>& sizes,
+                       const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                       const std::vector<int64_t>& v_strides, int elem) {
+  return vector_rows(q, q_strides, sizes, sizes[1], elem) && vector_rows(k, k_strides, sizes, sizes[2], elem) &&
+         vector_rows(v, v_strides, sizes, sizes[2], elem);
+}
+
+inline Strides to_strides(const std::vector<int64_t>& s) { return {s[0], s[1], s[2], s[3], s[4]}; }
+
+inline Problem make_problem(uintptr_t mask, const std::vector<int64_t>& sizes, const std::vector<int64_t>& q_strides,
+                            const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides,
+                            const std::vector<int64_t>& mask_strides, double scale) {
   Problem p;
   const int64_t B = sizes[0], H = sizes[3], W = sizes[4], NH = sizes[5];
   p.HWN = static_cast<uint32_t>(H * W * NH);
@@ -136,10 +160,18 @@ inline Problem make_problem(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t mas
   p.q = to_strides(q_strides);
   p.k = to_strides(k_strides);
   p.v = to_strides(v_strides);
-  p.vec2 = pair_aligned(q, p.q, elem) && pair_aligned(k, p.k, elem) && pair_aligned(v, p.v, elem);
   p.mask = reinterpret_cast<const uint8_t*>(mask);
   p.m = {mask_strides[0], mask_strides[1], mask_strides[2], mask_strides[3]};
   return p;
+}
+
+// Warps of a block over n rows (frames): one per row tile, at most kWarps.
+inline int block_warps(int64_t n) { return static_cast<int>(std::min<int64_t>(kWarps, row_tiles(n))); }
+
+// The grid of a pass over n rows per sequence: a block per sequence on axis 0 (capped; the kernels
+// grid-stride over sequences) and a block per block_warps(n) row tiles on axis 1.
+inline dim3 rows_grid(const Problem& p, int64_t n) {
+  return dim3(grid_for_rows(p.S, 1).x, static_cast<unsigned>(cdiv(row_tiles(n), block_warps(n))));
 }
 
 // ---- device: addressing ----------------------------------------------------------------------------
@@ -157,11 +189,6 @@ __device__ __forceinline__ Seq split_sequence(uint32_t s, const Problem& p) {
   return {b, hwn, h, hw - h * p.W, hwn - hw * p.NH};
 }
 
-// Warp w of the grid takes sequences w, w + (warps in the grid), ...: the loop bound is
-// warp-uniform, so every mma and shuffle in the body runs with the full warp.
-__device__ __forceinline__ uint32_t first_sequence() { return blockIdx.x * kWarps + threadIdx.x / 32; }
-__device__ __forceinline__ uint32_t sequence_stride() { return gridDim.x * kWarps; }
-
 __device__ __forceinline__ int64_t base_offset(const Strides& st, const Seq& s) {
   return s.b * st.b + s.h * st.h + s.w * st.w + s.n * st.n;
 }
@@ -176,6 +203,76 @@ __device__ __forceinline__ bool key_valid(const Problem& p, const uint8_t* mask_
   return t < p.T && (mask_seq == nullptr || mask_seq[t * p.m.t] != 0);
 }
 
+// The block's part of a pass over n_rows rows per sequence: its rows start at frame `first` and
+// number `count` (16 per warp); the warp's tile starts at `tile`, and `active` says it has rows.
+struct BlockRows {
+  int64_t first, tile;
+  int count;
+  bool active;
+};
+
+__device__ __forceinline__ BlockRows block_rows(int64_t n_rows) {
+  const int count = static_cast<int>(blockDim.x / 32) * kTileRows;
+  const int64_t first = static_cast<int64_t>(blockIdx.y) * count;
+  const int64_t tile = first + static_cast<int64_t>(threadIdx.x / 32) * kTileRows;
+  return {first, tile, count, tile < n_rows};
+}
+
+// ---- device: shared-memory tiles -------------------------------------------------------------------
+
+// Row stride of a shared tile of D columns: one 16-byte chunk of padding per row, so that the 8
+// rows one fragment load touches (one per g) start in different banks.
+template <typename T, int D>
+__host__ __device__ constexpr int tile_stride() {
+  return D + 16 / static_cast<int>(sizeof(T));
+}
+
+template <typename T>
+__device__ __forceinline__ T zero() {
+  return from_float<T>(0.f);
+}
+
+// The block's threads copy rows 0..n-1 of a tile into the shared tile dst, 16 bytes of a row at a
+// time: row r from src + r * src_stride where ok(r), zeros where not (those rows are never loaded,
+// so whatever they hold, NaN included, cannot reach a product). A global load moves VEC elements:
+// a 16-byte vector (the host found every row 16-byte aligned) or one element. Each thread has
+// kBatch chunks in flight before it stores them.
+template <typename T, int D, int VEC, typename Ok>
+__device__ __forceinline__ void stage(T* dst, const T* src, int64_t src_stride, int n, Ok ok) {
+  constexpr int kChunk = 16 / sizeof(T);
+  constexpr int kPerRow = D / kChunk;
+  constexpr int kBatch = 4;
+  static_assert(VEC == 1 || VEC == kChunk, "a staged load is one element or 16 bytes");
+  const int total = n * kPerRow;
+  for (int first = threadIdx.x; first < total; first += kBatch * blockDim.x) {
+    Pack<T, kChunk> x[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = first + b * blockDim.x;
+      const int r = i / kPerRow;
+      if (i < total && ok(r)) {
+        const T* from = src + r * src_stride + (i - r * kPerRow) * kChunk;
+        if constexpr (VEC == kChunk) {
+          x[b] = *reinterpret_cast<const Pack<T, kChunk>*>(from);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kChunk; ++e) x[b].v[e] = from[e];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) x[b].v[e] = zero<T>();
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = first + b * blockDim.x;
+      const int r = i / kPerRow;
+      T* to = dst + r * tile_stride<T, D>() + (i - r * kPerRow) * kChunk;
+      if (i < total) *reinterpret_cast<Pack<T, kChunk>*>(to) = x[b];
+    }
+  }
+}
+
 // ---- device: fragments -----------------------------------------------------------------------------
 
 template <typename T>
@@ -188,54 +285,55 @@ struct FragB {
   T v[4];
 };
 
+// Elements x[0], x[1] of a row of a shared tile.
 template <typename T>
-__device__ __forceinline__ T zero() {
-  return from_float<T>(0.f);
+__device__ __forceinline__ void load_pair(const T* x, T& a, T& b) {
+  const Pack<T, 2> pr = *reinterpret_cast<const Pack<T, 2>*>(x);
+  a = pr.v[0];
+  b = pr.v[1];
 }
 
-// Elements x[0], x[1] of a row, or zeros when the row is absent (never dereferenced then).
-template <typename T>
-__device__ __forceinline__ void load_pair(const T* x, bool ok, bool vec2, T& a, T& b) {
-  a = b = zero<T>();
-  if (!ok) return;
-  if (vec2) {
-    const Pack<T, 2> pr = *reinterpret_cast<const Pack<T, 2>*>(x);
-    a = pr.v[0];
-    b = pr.v[1];
-  } else {
-    a = x[0];
-    b = x[1];
-  }
-}
-
-// A from a row-major tile: row0 / row1 point at columns k0.. of tile rows g and g + 8.
-template <typename T>
-__device__ __forceinline__ FragA<T> load_a(const T* row0, const T* row1, bool ok0, bool ok1, int t, bool vec2) {
+// A from a row-major shared tile of D columns: `tile` points at column k0 of the tile's row 0.
+template <typename T, int D>
+__device__ __forceinline__ FragA<T> load_a(const T* tile, int g, int t) {
+  const T* row0 = tile + g * tile_stride<T, D>() + 2 * t;
+  const T* row1 = row0 + 8 * tile_stride<T, D>();
   FragA<T> a;
-  load_pair(row0 + 2 * t, ok0, vec2, a.v[0], a.v[1]);
-  load_pair(row1 + 2 * t, ok1, vec2, a.v[2], a.v[3]);
-  load_pair(row0 + 2 * t + 8, ok0, vec2, a.v[4], a.v[5]);
-  load_pair(row1 + 2 * t + 8, ok1, vec2, a.v[6], a.v[7]);
+  load_pair(row0, a.v[0], a.v[1]);
+  load_pair(row1, a.v[2], a.v[3]);
+  load_pair(row0 + 8, a.v[4], a.v[5]);
+  load_pair(row1 + 8, a.v[6], a.v[7]);
   return a;
 }
 
-// B = Y^T for a row-major Y: B[k][n] = Y[n][k]; `row` points at columns k0.. of Y's row n = g.
+// The A fragments of a warp's 16-row tile over the whole head dim, from its rows of a shared tile.
+template <typename T, int D>
+__device__ __forceinline__ void hold_rows(FragA<T> (&a)[D / 16], const T* tile) {
+  const int g = (threadIdx.x & 31) >> 2;
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int c = 0; c < D / 16; ++c) a[c] = load_a<T, D>(tile + c * 16, g, t);
+}
+
+// B = Y^T for a row-major shared Y: B[k][n] = Y[n][k]; `row` points at columns k0.. of Y's row n = g.
 template <typename T>
-__device__ __forceinline__ FragB<T> load_b_rows(const T* row, bool ok, int t, bool vec2) {
+__device__ __forceinline__ FragB<T> load_b_rows(const T* row, int t) {
   FragB<T> b;
-  load_pair(row + 2 * t, ok, vec2, b.v[0], b.v[1]);
-  load_pair(row + 2 * t + 8, ok, vec2, b.v[2], b.v[3]);
+  load_pair(row + 2 * t, b.v[0], b.v[1]);
+  load_pair(row + 2 * t + 8, b.v[2], b.v[3]);
   return b;
 }
 
-// B = Y for a row-major Y whose rows are frames: B[k][n] = Y[k0 + k][n0 + n]. `col` points at
-// Y[k0][n0 + g]; `ok` bit i says whether row k0 + {2t, 2t+1, 2t+8, 2t+9}[i] may be read.
-template <typename T>
-__device__ __forceinline__ FragB<T> load_b_cols(const T* col, int64_t row_stride, unsigned ok, int t) {
+// B = Y for a row-major shared Y of D columns whose rows are frames: B[k][n] = Y[k0 + k][n0 + n];
+// `col` points at Y[k0][n0 + g].
+template <typename T, int D>
+__device__ __forceinline__ FragB<T> load_b_cols(const T* col, int t) {
+  constexpr int s = tile_stride<T, D>();
   FragB<T> b;
-  const int64_t r[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) b.v[i] = (ok >> i & 1u) ? col[r[i] * row_stride] : zero<T>();
+  b.v[0] = col[(2 * t) * s];
+  b.v[1] = col[(2 * t + 1) * s];
+  b.v[2] = col[(2 * t + 8) * s];
+  b.v[3] = col[(2 * t + 9) * s];
   return b;
 }
 
@@ -293,6 +391,31 @@ __device__ __forceinline__ void mma(float (&c)[4], const FragA<float>& a, const 
     c[2] = fmaf(a1, b0, c[2]);
     c[3] = fmaf(a1, b1, c[3]);
   }
+}
+
+// acc[j] += R Y[8j .. 8j + 7]^T for the warp's 16 x D tile R held in `a` and the shared tile Y
+// whose row y is column y of the product, over the column tiles j that start before n_cols.
+template <typename T, int D, int kTiles>
+__device__ __forceinline__ void rows_by_cols(float (&acc)[kTiles][4], const FragA<T> (&a)[D / 16], const T* y,
+                                             int64_t n_cols) {
+  const int g = (threadIdx.x & 31) >> 2;
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int c = 0; c < D / 16; ++c)
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      if (j * 8 >= n_cols) continue;  // warp-uniform: such tiles get probability 0
+      mma(acc[j], a[c], load_b_rows(y + (j * 8 + g) * tile_stride<T, D>() + c * 16, t));
+    }
+}
+
+// acc[i] += A Y[0..15][8i .. 8i + 7] over the D columns of the 16-row slice `y` of a shared tile.
+template <typename T, int D, int kOut>
+__device__ __forceinline__ void accumulate_rows(float (&acc)[kOut][4], const FragA<T>& a, const T* y) {
+  const int g = (threadIdx.x & 31) >> 2;
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int i = 0; i < kOut; ++i) mma(acc[i], a, load_b_cols<T, D>(y + i * 8 + g, t));
 }
 
 // Reductions over the quad of lanes that shares a tile row.

@@ -3,15 +3,18 @@
 //
 // Launches on the caller's stream:
 //   1. delta[i] = rowsum(dO[i] * O[i]) over the contiguous output rows;
-//   2. the dq pass: a warp owns 16 queries of a sequence and walks its keys, recomputing
-//      P = exp2(scale * log2(e) * q k^T - lse2) and dS = P * (dO v^T - delta), and accumulates
-//      dq = scale * dS k;
-//   3. the dk/dv pass: a warp owns 16 keys of a sequence and walks its queries, forming the same
-//      tiles transposed, and accumulates dv = P^T dO and dk = scale * dS^T q (two launches at
-//      d = 128, one per output).
+//   2. the dq pass: a block's warps own tiles of 16 queries of a sequence and walk its keys,
+//      recomputing P = exp2(scale * log2(e) * q k^T - lse2) and dS = P * (dO v^T - delta), and
+//      accumulate dq = scale * dS k;
+//   3. the dk/dv pass: a block's warps own tiles of 16 keys of a sequence and walk its queries,
+//      forming the same tiles transposed, and accumulate dv = P^T dO and dk = scale * dS^T q (two
+//      launches at d = 128, one per output).
 // Passes 2 and 3 are one kernel template: with rows R and columns C, both compute R1 C1^T and
 // R2 C2^T, and both accumulate dS C1; only the roles of (q, dO) and (k, v) swap, and the dk/dv pass
-// also accumulates P C2. Padding keys are never read, and their dk, dv are written as 0.
+// also accumulates P C2. R1 and R2 go to registers through shared memory once per sequence, C1 and
+// C2 are staged in shared memory per column block for all the block's warps (axial_attention.cuh).
+// float32 at d = 128 splits dq and dk once more, into two launches of 64 output columns each
+// (out_cols). Padding keys are never read, and their dk, dv are written as 0.
 #include "axial_attention.cuh"
 #include "launchers.h"
 
@@ -56,40 +59,38 @@ __host__ __device__ constexpr int col_block() {
   return D >= 128 ? 32 : 64;
 }
 
-// acc[j] += R[x0 + {0..7, 8..15}] C[cb + 8j + {0..7}]^T over the head dim, for the rows x0 and
-// x0 + 8 of lanes g and the column tiles j that start before n_cols (bit j of cread: column
-// cb + 8j + g may be read). One operand pair in flight at a time keeps the register footprint small.
-template <typename T, int kTiles, int kChunks>
-__device__ __forceinline__ void product_rows_by_cols(float (&acc)[kTiles][4], const T* rows, int64_t row_stride,
-                                                     const T* cols, int64_t col_stride, int64_t x0, bool ok0, bool ok1,
-                                                     int64_t cb, int64_t n_cols, unsigned cread, bool vec2) {
-  const int t = threadIdx.x & 3;
-  const int g = (threadIdx.x & 31) >> 2;
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const FragA<T> a = load_a(rows + x0 * row_stride + c * 16, rows + (x0 + 8) * row_stride + c * 16, ok0, ok1, t, vec2);
-#pragma unroll
-    for (int j = 0; j < kTiles; ++j) {
-      if (cb + j * 8 >= n_cols) continue;  // warp-uniform: such tiles get probability 0
-      mma(acc[j], a, load_b_rows(cols + (cb + j * 8 + g) * col_stride + c * 16, cread >> j & 1u, t, vec2));
-    }
-  }
+// Output columns per launch. float32 at d = 128 computes dq and dk in two launches of 64 columns
+// each (recomputing P and dS): R1 and R2 held as float32 fragments take 128 registers, and a
+// 128-wide accumulator on top of them spilled.
+template <typename T, int D, int PASS>
+__host__ __device__ constexpr int out_cols() {
+  return sizeof(T) == 4 && D == 128 && PASS != kPassDv ? D / 2 : D;
+}
+
+// Rows of the shared tile: the block's R1 rows, then its R2 rows, then C1 (rows 0..) and C2 (rows
+// kCols..) of each column block in turn.
+template <int D, int PASS>
+__host__ __device__ constexpr int bwd_tile_rows() {
+  return kBlockRows > 2 * col_block<D, PASS>() ? kBlockRows : 2 * col_block<D, PASS>();
 }
 
 // kPassDq: rows are queries, out1 = dq. Otherwise rows are keys, out1 = dk and out2 = dv (as the pass
-// says).
-template <typename T, int D, int PASS>
+// says). The launch accumulates output columns out0 .. out0 + out_cols - 1.
+template <typename T, int D, int PASS, int VEC>
 __global__ void __launch_bounds__(kThreads, 1)
     axial_attention_bwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                        T* __restrict__ out1, T* __restrict__ out2, Problem p) {
+                        T* __restrict__ out1, T* __restrict__ out2, Problem p, int out0) {
   constexpr bool KEY_ROWS = PASS != kPassDq;
   constexpr bool kWantDs = PASS != kPassDv;  // out1 += dS C1
   constexpr bool kWantP = PASS == kPassDkDv || PASS == kPassDv;  // out2 += P C2
   constexpr int kCols = col_block<D, PASS>();
   constexpr int kTiles = kCols / 8;
-  constexpr int kChunks = D / 16;
-  constexpr int kOutTiles = D / 8;
+  constexpr int kOutTiles = out_cols<T, D, PASS>() / 8;
+  constexpr int kStride = tile_stride<T, D>();
+  alignas(16) __shared__ T tile[bwd_tile_rows<D, PASS>() * kStride];
+  T* const c1_tile = tile;
+  T* const c2_tile = tile + kCols * kStride;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -97,8 +98,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t dout_t = HWN * D;  // time stride of the contiguous dO
   const int64_t n_rows = KEY_ROWS ? p.T : p.Tq;
   const int64_t n_cols = KEY_ROWS ? p.Tq : p.T;
+  const BlockRows br = block_rows(n_rows);
+  const int64_t x0 = br.tile + g;  // frames of tile rows g, g + 8
+  const int64_t x1 = x0 + 8;
 
-  for (uint32_t s = first_sequence(); s < p.S; s += sequence_stride()) {
+  for (uint32_t s = blockIdx.x; s < p.S; s += gridDim.x) {
     const Seq sq = split_sequence(s, p);
     const T* qs = q + base_offset(p.q, sq);
     const T* ks = k + base_offset(p.k, sq);
@@ -122,8 +126,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     const auto row_ok = [&](int64_t x) { return KEY_ROWS ? key_valid(p, ms, x) : x < p.Tq; };
     const auto col_ok = [&](int64_t y) { return KEY_ROWS ? y < p.Tq : key_valid(p, ms, y); };
 
-    const int64_t x0 = static_cast<int64_t>(blockIdx.y) * kTileRows + g;  // frames of tile rows g, g + 8
-    const int64_t x1 = x0 + 8;
     const bool ok0 = row_ok(x0), ok1 = row_ok(x1);
     // Query rows carry their lse2 and delta; in the dk/dv pass they belong to the columns instead.
     // lse2 = +inf for an absent row makes its probabilities exp2(-inf) = 0.
@@ -131,6 +133,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     if constexpr (!KEY_ROWS) {
       if (ok0) lse_r[0] = lses[x0 * HWN], delta_r[0] = deltas[x0 * HWN];
       if (ok1) lse_r[1] = lses[x1 * HWN], delta_r[1] = deltas[x1 * HWN];
+    }
+
+    // The warp's R1 (and R2) rows, into registers through the shared tile one operand at a time.
+    const auto block_row_ok = [&](int r) { return row_ok(br.first + r); };
+    const T* warp_rows = tile + (br.tile - br.first) * kStride;
+    FragA<T> ra1[D / 16], ra2[D / 16];
+    __syncthreads();  // the previous sequence's last column block is read
+    stage<T, D, VEC>(tile, r1 + br.first * r1t, r1t, br.count, block_row_ok);
+    __syncthreads();
+    hold_rows<T, D>(ra1, warp_rows);
+    if constexpr (kWantDs) {
+      __syncthreads();
+      stage<T, D, VEC>(tile, r2 + br.first * r2t, r2t, br.count, block_row_ok);
+      __syncthreads();
+      hold_rows<T, D>(ra2, warp_rows);
     }
 
     constexpr int kAcc1 = kWantDs ? kOutTiles : 1;
@@ -142,18 +159,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < kAcc2; ++i) acc2[i][0] = acc2[i][1] = acc2[i][2] = acc2[i][3] = 0.f;
 
     for (int64_t cb = 0; cb < n_cols; cb += kCols) {
-      // Bit j: column cb + 8j + g, whose C1 and C2 rows this lane loads for tile j, may be read.
-      unsigned cread = 0;
-#pragma unroll
-      for (int j = 0; j < kTiles; ++j) cread |= unsigned(col_ok(cb + j * 8 + g)) << j;
+      __syncthreads();  // the rows (first block) or the previous C1 and C2 are read
+      const auto readable = [&](int y) { return col_ok(cb + y); };
+      stage<T, D, VEC>(c1_tile, c1 + cb * c1t, c1t, kCols, readable);
+      stage<T, D, VEC>(c2_tile, c2 + cb * c2t, c2t, kCols, readable);
+      __syncthreads();
+      if (!br.active) continue;  // warp-uniform
+
       float sc[kTiles][4], dp[kTiles][4];
 #pragma unroll
       for (int j = 0; j < kTiles; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) sc[j][i] = dp[j][i] = 0.f;
-      product_rows_by_cols<T, kTiles, kChunks>(sc, r1, r1t, c1, c1t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
-      if constexpr (kWantDs)
-        product_rows_by_cols<T, kTiles, kChunks>(dp, r2, r2t, c2, c2t, x0, ok0, ok1, cb, n_cols, cread, p.vec2);
+      rows_by_cols<T, D>(sc, ra1, c1_tile, n_cols - cb);
+      if constexpr (kWantDs) rows_by_cols<T, D>(dp, ra2, c2_tile, n_cols - cb);
 
       // Bit 2j + e: this lane's column cb + 8j + 2t + e may be read (and, for keys, attended to).
       unsigned live = 0;
@@ -186,24 +205,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 #pragma unroll
       for (int c = 0; c < kTiles / 2; ++c) {
-        if (cb + c * 16 >= n_cols) continue;  // warp-uniform; P and dS are 0 there
-        // Rows 2t, 2t+1, 2t+8, 2t+9 of this 16-column slice are columns (2c, e) and (2c+1, e).
-        const unsigned rows = ((live >> (4 * c)) & 3u) | (((live >> (4 * c + 2)) & 3u) << 2);
         const int64_t y0 = cb + c * 16;
-        if constexpr (kWantDs) {
-          const FragA<T> da = a_from_c<T>(dp[2 * c], dp[2 * c + 1]);
-#pragma unroll
-          for (int i = 0; i < kOutTiles; ++i)
-            mma(acc1[i], da, load_b_cols(c1 + y0 * c1t + i * 8 + g, c1t, rows, t));
-        }
-        if constexpr (kWantP) {
-          const FragA<T> pa = a_from_c<T>(sc[2 * c], sc[2 * c + 1]);
-#pragma unroll
-          for (int i = 0; i < kOutTiles; ++i)
-            mma(acc2[i], pa, load_b_cols(c2 + y0 * c2t + i * 8 + g, c2t, rows, t));
-        }
+        if (y0 >= n_cols) continue;  // warp-uniform; P and dS are 0 there
+        // Rows of unreadable columns are zeros in the tiles, and their P and dS are 0.
+        const int at = static_cast<int>(y0 - cb) * kStride + out0;  // the slice's rows, this launch's columns
+        if constexpr (kWantDs) accumulate_rows<T, D>(acc1, a_from_c<T>(dp[2 * c], dp[2 * c + 1]), c1_tile + at);
+        if constexpr (kWantP) accumulate_rows<T, D>(acc2, a_from_c<T>(sc[2 * c], sc[2 * c + 1]), c2_tile + at);
       }
     }
+    if (!br.active) continue;
 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -211,13 +221,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (x >= n_rows) continue;
       const int64_t row = contiguous_row(sq, n_rows, x, HWN);
       if constexpr (kWantDs) {
-        T* d1 = out1 + row * D + 2 * t;
+        T* d1 = out1 + row * D + out0 + 2 * t;
 #pragma unroll
         for (int i = 0; i < kOutTiles; ++i)
           store_pair(d1 + i * 8, acc1[i][2 * r] * p.scale, acc1[i][2 * r + 1] * p.scale);
       }
       if constexpr (kWantP) {
-        T* d2 = out2 + row * D + 2 * t;
+        T* d2 = out2 + row * D + out0 + 2 * t;
 #pragma unroll
         for (int i = 0; i < kOutTiles; ++i) store_pair(d2 + i * 8, acc2[i][2 * r], acc2[i][2 * r + 1]);
       }
@@ -229,44 +239,57 @@ struct BwdPointers {
   uintptr_t grad, q, k, v, o, lse, delta, dq, dk, dv;
 };
 
-template <typename T, int D>
-cudaError_t launch_bwd(const BwdPointers& a, const Problem& p, cudaStream_t stream) {
+template <typename T, int D, int VEC>
+cudaError_t launch_bwd_kernels(const BwdPointers& a, const Problem& p, cudaStream_t stream) {
   const auto* q = reinterpret_cast<const T*>(a.q);
   const auto* k = reinterpret_cast<const T*>(a.k);
   const auto* v = reinterpret_cast<const T*>(a.v);
   const auto* dout = reinterpret_cast<const T*>(a.grad);
   const auto* lse = reinterpret_cast<const float*>(a.lse);
   const auto* delta = reinterpret_cast<const float*>(a.delta);
-  const unsigned seq_blocks = grid_for_rows(p.S, kWarps).x;
-  const dim3 query_grid(seq_blocks, static_cast<unsigned>(row_tiles(p.Tq)));
-  const dim3 key_grid(seq_blocks, static_cast<unsigned>(row_tiles(p.T)));
+  const dim3 query_grid = rows_grid(p, p.Tq), key_grid = rows_grid(p, p.T);
+  const unsigned query_threads = 32 * block_warps(p.Tq), key_threads = 32 * block_warps(p.T);
   T* dq = reinterpret_cast<T*>(a.dq);
   T* dk = reinterpret_cast<T*>(a.dk);
   T* dv = reinterpret_cast<T*>(a.dv);
-  axial_attention_bwd<T, D, kPassDq><<<query_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dq, nullptr, p);
-  if (const cudaError_t err = cudaGetLastError()) return err;
-  if constexpr (D == 128) {
-    axial_attention_bwd<T, D, kPassDk><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dk, nullptr, p);
+  for (int c = 0; c < D; c += out_cols<T, D, kPassDq>()) {
+    axial_attention_bwd<T, D, kPassDq, VEC><<<query_grid, query_threads, 0, stream>>>(q, k, v, dout, lse, delta, dq,
+                                                                                    nullptr, p, c);
     if (const cudaError_t err = cudaGetLastError()) return err;
-    axial_attention_bwd<T, D, kPassDv><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, nullptr, dv, p);
+  }
+  if constexpr (D == 128) {
+    for (int c = 0; c < D; c += out_cols<T, D, kPassDk>()) {
+      axial_attention_bwd<T, D, kPassDk, VEC><<<key_grid, key_threads, 0, stream>>>(q, k, v, dout, lse, delta, dk,
+                                                                                  nullptr, p, c);
+      if (const cudaError_t err = cudaGetLastError()) return err;
+    }
+    axial_attention_bwd<T, D, kPassDv, VEC><<<key_grid, key_threads, 0, stream>>>(q, k, v, dout, lse, delta,
+                                                                                nullptr, dv, p, 0);
   } else {
-    axial_attention_bwd<T, D, kPassDkDv><<<key_grid, kThreads, 0, stream>>>(q, k, v, dout, lse, delta, dk, dv, p);
+    axial_attention_bwd<T, D, kPassDkDv, VEC><<<key_grid, key_threads, 0, stream>>>(q, k, v, dout, lse, delta, dk,
+                                                                                  dv, p, 0);
   }
   return cudaGetLastError();
 }
 
+// vector: q, k, v and dO are staged in 16-byte loads, else element by element.
+template <typename T, int D>
+cudaError_t launch_bwd(const BwdPointers& a, const Problem& p, bool vector, cudaStream_t stream) {
+  return vector ? launch_bwd_kernels<T, D, 16 / sizeof(T)>(a, p, stream) : launch_bwd_kernels<T, D, 1>(a, p, stream);
+}
+
 template <typename T>
-cudaError_t launch_bwd_typed(const BwdPointers& a, const Problem& p, int64_t d, cudaStream_t stream) {
+cudaError_t launch_bwd_typed(const BwdPointers& a, const Problem& p, int64_t d, bool vector, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.S) * p.Tq;
   axial_attention_bwd_delta<T><<<grid_for_rows(rows, kThreads / kDeltaLanes), kThreads, 0, stream>>>(
       reinterpret_cast<const T*>(a.o), reinterpret_cast<const T*>(a.grad), reinterpret_cast<float*>(a.delta), rows,
       static_cast<int>(d));
   if (const cudaError_t err = cudaGetLastError()) return err;
   switch (d) {
-    case 16: return launch_bwd<T, 16>(a, p, stream);
-    case 32: return launch_bwd<T, 32>(a, p, stream);
-    case 64: return launch_bwd<T, 64>(a, p, stream);
-    default: return launch_bwd<T, 128>(a, p, stream);
+    case 16: return launch_bwd<T, 16>(a, p, vector, stream);
+    case 32: return launch_bwd<T, 32>(a, p, vector, stream);
+    case 64: return launch_bwd<T, 64>(a, p, vector, stream);
+    default: return launch_bwd<T, 128>(a, p, vector, stream);
   }
 }
 
@@ -285,14 +308,16 @@ int launch_axial_attention_bwd(uintptr_t grad, uintptr_t q, uintptr_t k, uintptr
     return kMisaligned;
   if (const int status = clear_earlier_error()) return status;
   const attn::BwdPointers a{grad, q, k, v, o, lse, delta, dq, dk, dv};
-  const auto p = attn::make_problem(q, k, v, mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale,
-                                    static_cast<int>(dtype_size(dtype)));
+  const auto p = attn::make_problem(mask, sizes, q_strides, k_strides, v_strides, mask_strides, scale);
+  // dO is contiguous: its rows of d elements (a multiple of 16 bytes) are aligned when it is.
+  const bool vector = attn::vector_qkv(q, k, v, sizes, q_strides, k_strides, v_strides,
+                                       static_cast<int>(dtype_size(dtype))) && grad % 16 == 0;
   const int64_t d = sizes[6];
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {
-    case kFloat32: return attn::launch_bwd_typed<float>(a, p, d, s);
-    case kFloat16: return attn::launch_bwd_typed<__half>(a, p, d, s);
-    default: return attn::launch_bwd_typed<__nv_bfloat16>(a, p, d, s);
+    case kFloat32: return attn::launch_bwd_typed<float>(a, p, d, vector, s);
+    case kFloat16: return attn::launch_bwd_typed<__half>(a, p, d, vector, s);
+    default: return attn::launch_bwd_typed<__nv_bfloat16>(a, p, d, vector, s);
   }
 }
 

@@ -3,13 +3,15 @@ CPU through the SIMT emulator and are compared with float64 references under the
 (docs/kernels.md §8.6): forward, lse and all three gradients, with masks of both shapes, fully masked
 sequences, NaN stored at masked keys, strided and misaligned operands, more than 65,535 sequences and
 input offsets past 2^31 elements. Every case runs the forward and the backward under two fiber
-schedules and requires bitwise-equal results."""
+schedules and requires bitwise-equal results; operands that are not 16-byte aligned run the
+element-staged kernels, which must agree bit for bit with the 16-byte-staged ones."""
 
 from __future__ import annotations
 
 import ctypes
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -321,4 +323,47 @@ def test_a_non_finite_sequence_leaves_the_others_bitwise_unchanged(emu, dtype, p
     for name, clean, dirty in zip(("o", "lse", "dq", "dk", "dv"), *results):
         sel = others[:, None].expand(B, T, H, W, NH)
         assert torch.equal(ops.bits(clean[sel]), ops.bits(dirty[sel])), f"{name} of a clean sequence changed"
+    emulator.PASSED["attention"] += 1
+
+
+def _staging(emu) -> set[int]:
+    """VEC (elements per staging load) of every attention kernel launched since the last reset."""
+    return {int(m.group(1)) for _, _, caller in emu.launches() if (m := re.search(r"int VEC = (\d+)", caller))}
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_element_staging_matches_16_byte_staging_bitwise(emu, dtype):
+    """The launchers stage tiles in 16-byte loads only where every row of q, k, v (and, in the
+    backward, dO) starts on a 16-byte boundary, a dimension of length one not counting; otherwise
+    they run the element-staged kernels (VEC = 1), which fill the same shared tiles and so give
+    o, lse, dq, dk and dv equal bit for bit to the 16-byte-staged kernels'. 33 frames: 96-thread
+    blocks (three row tiles)."""
+    B, T, H, W, NH, d = 2, 33, 1, 2, 1, 32
+    gen = torch.Generator().manual_seed(11)
+    shape = (B, T, H, W, NH, d)
+    values = [torch.randn(shape, generator=gen).to(dtype) for _ in range(4)]
+    mask = ops.embed((torch.rand((B, T), generator=gen) > 0.3).to(torch.uint8))
+    vector = 16 // values[0].element_size()
+
+    def run(layout="contiguous", grad_offset=0, odd_h_stride=False):
+        q, k, v = _place(values[:3], layout)
+        if odd_h_stride:  # H = 1: the h stride never steps, so an odd one keeps the rows aligned
+            q, k, v = (x.as_strided(x.shape, x.stride()[:2] + (3,) + x.stride()[3:]) for x in (q, k, v))
+        grad = ops.Guarded(shape, dtype, offset=grad_offset)
+        grad.t.copy_(values[3])
+        emu.reset(seed=1)
+        o, lse = ops.attention_fwd(emu, q, k, v, mask, d ** -0.5)
+        fwd = _staging(emu)
+        emu.reset(seed=1)
+        grads = ops.attention_bwd(emu, grad.t, q, k, v, o, lse, mask, d ** -0.5)
+        return (o, lse, *grads), (fwd, _staging(emu))
+
+    reference_run, staging = run()
+    assert staging == ({vector}, {vector})
+    for changes, want in ((dict(layout="odd_offset"), ({1}, {1})), (dict(grad_offset=2), ({vector}, {1})),
+                          (dict(odd_h_stride=True), ({vector}, {vector}))):
+        outputs, staging = run(**changes)
+        assert staging == want, (changes, staging)
+        for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), reference_run, outputs):
+            assert torch.equal(ops.bits(a), ops.bits(b)), f"{changes}: {name} differs from the 16-byte-staged run"
     emulator.PASSED["attention"] += 1
