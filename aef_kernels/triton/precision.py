@@ -41,6 +41,7 @@ from .aot import AOTCall
 from .common import TL_DTYPES, capability, launch, shared_memory_reasons
 from . import gemm
 from .gemm import _load_input_tile, dot_precision, split_pixels, tile_size, weight_grad
+from .weights import packed
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -465,9 +466,10 @@ def _precision_forward(x: torch.Tensor, gn_weight: torch.Tensor, gn_bias: torch.
     mean, rstd = _gn_stats(x, num_groups, eps)
     pre = torch.empty((N, H, W, 4 * C), device=x.device, dtype=x.dtype) if save_pre else \
         x.new_empty(_EMPTY)
-    h = _conv3x3(x, _pack_fwd(w1), 4 * C, x.dtype, bias=b1, norm=(mean, rstd, gn_weight, gn_bias, num_groups),
+    h = _conv3x3(x, packed(w1, _pack_fwd), 4 * C, x.dtype, bias=b1,
+                 norm=(mean, rstd, gn_weight, gn_bias, num_groups),
                  epilogue=EPI_GELU, pre=pre if save_pre else None)
-    y = _conv3x3(h, _pack_fwd(w2), C, x.dtype, bias=b2, res=x)
+    y = _conv3x3(h, packed(w2, _pack_fwd), C, x.dtype, bias=b2, res=x)
     return y, h, pre, mean, rstd
 
 
@@ -482,12 +484,12 @@ def _precision_backward(dy: torch.Tensor, x: torch.Tensor, gn_weight: torch.Tens
     C = x.shape[-1]
     G = mean.shape[1]
     dw2, db2 = _conv3x3_wgrad(h, dy)
-    dz1 = _conv3x3(dy, _pack_dgrad(w2), 4 * C, x.dtype, epilogue=EPI_GELU_GRAD, z=z1)
+    dz1 = _conv3x3(dy, packed(w2, _pack_dgrad), 4 * C, x.dtype, epilogue=EPI_GELU_GRAD, z=z1)
     norm = (mean, rstd, gn_weight, gn_bias, G)
     dw1, db1 = _conv3x3_wgrad(x, dz1, norm=norm)
     # The gradient of the normalised input stays float32 into the GroupNorm backward, which runs in
     # float32 like the reference's.
-    dn = _conv3x3(dz1, _pack_dgrad(w1), C, torch.float32)
+    dn = _conv3x3(dz1, packed(w1, _pack_dgrad), C, torch.float32)
     dx, dgw, dgb = _gn_bwd(dn, x, mean, rstd, gn_weight, gn_bias, dres=dy)
     return dx, dgw, dgb, dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype)
 

@@ -34,6 +34,7 @@ from .aot import AOTCall
 from .common import TL_DTYPES, capability, launch, shared_memory_reasons
 from . import gemm
 from .gemm import dot_precision, split_pixels, weight_grad
+from .weights import packed
 
 
 @triton.jit
@@ -313,7 +314,7 @@ def _down_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     N, H, W, _ = x.shape
     f = factor
     return _exchange((N, H // f, W // f, weight.shape[0]), x.dtype, x.device, bias=bias,
-                     downs=((x, _pack_down(weight), f),))
+                     downs=((x, packed(weight, _pack_down), f),))
 
 
 def _down_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, factor: int
@@ -367,10 +368,11 @@ def _exchange_forward(xs: torch.Tensor, xt: torch.Tensor, xp: torch.Tensor,
     pt = xp.shape[1] // xt.shape[1]
     dt = xs.dtype
     ys = _exchange(tuple(xs.shape), dt, xs.device, own=xs, bias=_sum_bias(p_to_s_b, t_to_s_b),
-                   downs=((xp, _pack_down(p_to_s_w), ts * pt), (xt, _pack_down(t_to_s_w), ts)))
+                   downs=((xp, packed(p_to_s_w, _pack_down), ts * pt),
+                          (xt, packed(t_to_s_w, _pack_down), ts)))
     u_st = _linear_lowres(xs, s_to_t_w, s_to_t_b)
     yt = _exchange(tuple(xt.shape), dt, xt.device, own=xt, bias=p_to_t_b,
-                   downs=((xp, _pack_down(p_to_t_w), pt),), ups=((u_st, ts),))
+                   downs=((xp, packed(p_to_t_w, _pack_down), pt),), ups=((u_st, ts),))
     u_tp = _linear_lowres(xt, t_to_p_w, t_to_p_b)
     u_sp = _linear_lowres(xs, s_to_p_w, s_to_p_b)
     yp = _exchange(tuple(xp.shape), dt, xp.device, own=xp, ups=((u_tp, pt), (u_sp, ts * pt)))

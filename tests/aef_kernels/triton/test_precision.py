@@ -70,6 +70,30 @@ def test_weight_gradient_split_with_tail(monkeypatch):
         torch.testing.assert_close(got, want, **TOL)
 
 
+def test_unchanged_weights_are_packed_once_across_calls(monkeypatch):
+    """Forward calls with unchanged weights pack w1 and w2 once (aef_kernels/triton/weights.py); an
+    optimizer step packs them again, and the output follows the updated weights."""
+    layouts = []
+
+    def counting(w, real=tri._pack_fwd):
+        layouts.append(tuple(w.shape))
+        return real(w)
+
+    monkeypatch.setattr(tri, "_pack_fwd", counting)
+    x, params = make_inputs(1, 3, 4, 16)
+    with torch.no_grad():
+        first = K.precision_operator(x, *params, 8, backend="triton")
+        torch.testing.assert_close(K.precision_operator(x, *params, 8, backend="triton"), first, rtol=0, atol=0)
+        assert len(layouts) == 2
+        for p in params:
+            p.grad = torch.ones_like(p)
+    torch.optim.SGD(params, lr=0.01).step()
+    with torch.no_grad():
+        y = K.precision_operator(x, *params, 8, backend="triton")
+        torch.testing.assert_close(y, ref.precision_operator(x, *params, 8, 1e-5), **TOL)
+    assert len(layouts) == 4
+
+
 def test_precision_operator_without_grad_matches_reference():
     """The inference path (no pre-activation stored) gives the same output."""
     x, params = make_inputs(2, 3, 4, 16)
