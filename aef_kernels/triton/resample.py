@@ -201,14 +201,16 @@ def _down_dgrad_kernel(dy_ptr, wt_ptr, prev_ptr, dx_ptr, M, HO, WO, CIN, F, COUT
 
 # One tile per dtype for every width: the resampling passes are as much gathers and sums as GEMMs,
 # and width-specific tiles would multiply the configurations to compile ahead of time (by 4-5 per
-# kernel) for little gain; 96- and 16-wide channels waste part of a masked tile. Passes with
-# bilinear gathers take 32 rows: four gathered taps per output in flight spill at 64 (AOT reports).
+# kernel) for little gain; 96- and 16-wide channels waste part of a masked tile. Tiles are 64 rows
+# at 4 warps (one warpgroup: wgmma on sm_90), except float32 passes with bilinear gathers, whose four
+# gathered taps per output in flight spill at 64 rows and take 32 (faithful AOT reports,
+# benchmarks/notes/triton_aot.md; 16-bit gathers at 8 warps over 32 rows ran mma.sync).
 
 def _gemm_config(dtype: torch.dtype, gathers: bool) -> dict:
     wide = dtype != torch.float32
     bk = 64 if wide else 32
-    # float32 at 4 warps: 8 spill a few bytes on sm_90 (faithful AOT, benchmarks/notes/triton_aot.md).
-    return dict(BLOCK_M=32 if gathers else 64, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=8 if wide else 4,
+    # float32 at 4 warps: 8 spill a few bytes on sm_90.
+    return dict(BLOCK_M=64 if wide or not gathers else 32, BLOCK_N=64, BLOCK_K1=bk, BLOCK_K2=bk, num_warps=4,
                 num_stages=3 if wide else 2)
 
 

@@ -88,7 +88,6 @@ _FP32_8_WARPS = ("fp32 (tf32x3) 3x3 convolutions at 8 warps on 64-row tiles: mma
 _FP32_8_WARPS_FIX = "item 2: 4 warps per 64-row tile (or 128-row tiles at 8 warps)"
 _WGRAD_FP32 = ("the 16-row fp32 tiles at 4 warps: 4-8-byte a/dy copies (C = 16 to 128 in the precision operator, "
                "every resampling weight gradient)")
-_GATHER_32 = "32-row gather tiles (M = 32), below wgmma's 64 rows per warpgroup: mma.sync"
 
 # (kernel, dtype, cc, rule) -> (why it breaches, the issue 15 item that fixes it)
 KNOWN_BREACHES = {
@@ -104,7 +103,6 @@ KNOWN_BREACHES = {
     ("weight_grad", "fp32", 80, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "fp32", 90, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "bf16", 90, "wgmma"): ("32-row split-K tiles (M = 32): mma.sync", "item 2: 64-row tiles"),
-    ("exchange", "bf16", 90, "wgmma"): (_GATHER_32, "item 2: 64-row gather tiles"),
     ("conv3x3", "fp32", 80, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
     ("conv3x3", "fp32", 90, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
 }
