@@ -315,14 +315,16 @@ def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, coef_
 # ------------------------------------------------------------------------------------------------
 # Configuration: every choice below is enumerated by aot_specs().
 
-# 64-row tiles and 8 warps: with 128 rows (or 4 warps) the gathered [BLOCK_M, BLOCK_K] input tile,
-# its addresses and conv1's normalisation push the conv kernels past 255 registers into spills
-# (AOT reports for sm_80/sm_90); at 64 rows they need ~190 and do not spill.
+# 64-row tiles: with 128 rows the gathered [BLOCK_M, BLOCK_K] input tile, its addresses and conv1's
+# normalisation push the conv kernels past 255 registers into spills (AOT reports for sm_80/sm_90).
+# 16-bit tiles run 8 warps (4 where a tile is too small for 16 bytes a thread); float32 ones run 4
+# on at most 64 output channels: at 8 the tf32x3 dots' [8, 1] warps cover the 64 rows twice, and 4
+# warps on 128 channels spill 120-128 B on sm_80 (faithful AOT, benchmarks/notes/triton_aot.md).
 
 def _conv_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    bn, bk = tile_size(cout, 16, 128), tile_size(cin, 16, 64 if wide else 32)
-    return dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K=bk, num_warps=_tile_warps(64, bn, bk, dtype),
+    bn, bk = tile_size(cout, 16, 128 if wide else 64), tile_size(cin, 16, 64 if wide else 32)
+    return dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_K=bk, num_warps=_tile_warps(64, bn, bk, dtype) if wide else 4,
                 num_stages=3 if wide else 2)
 
 

@@ -83,9 +83,6 @@ _BWD_32_ROWS = ("the backward's 32-row tiles (M = 32) are below wgmma's 64 rows 
                 "64-row key-loop tiles spill 8-136 B in the dk/dv pass at d = 64 and 128")
 _BWD_WARPS = ("the backward's 32-row single tile at 4 warps (d = 32: 2 spill 40 B on sm_90) and d = 128 at 8 "
               "warps (fewer spill): rows or columns covered twice")
-_FP32_8_WARPS = ("fp32 (tf32x3) 3x3 convolutions at 8 warps on 64-row tiles: mma warpsPerCTA [8, 1] covers 128 "
-                 "rows, 2 copies of each tile; at 4 warps the 64 x 64 and 64 x 128 tiles spill 120-128 B on sm_80")
-_FP32_8_WARPS_FIX = "item 2: 4 warps per 64-row tile (or 128-row tiles at 8 warps)"
 _WGRAD_FP32 = ("the 16-row fp32 tiles at 4 warps: 4-8-byte a/dy copies (C = 16 to 128 in the precision operator, "
                "every resampling weight gradient)")
 
@@ -103,8 +100,6 @@ KNOWN_BREACHES = {
     ("weight_grad", "fp32", 80, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "fp32", 90, "wide_access"): (_WGRAD_FP32, "item 2: larger fp32 tiles or fewer warps"),
     ("weight_grad", "bf16", 90, "wgmma"): ("32-row split-K tiles (M = 32): mma.sync", "item 2: 64-row tiles"),
-    ("conv3x3", "fp32", 80, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
-    ("conv3x3", "fp32", 90, "no_duplicated_warps"): (_FP32_8_WARPS, _FP32_8_WARPS_FIX),
 }
 
 
