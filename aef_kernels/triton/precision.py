@@ -124,7 +124,7 @@ def _conv3x3_kernel(a_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_
 
 @triton.jit
 def _gn_tile(ptr, n, p0, end, c0, HW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(tile offsets, mask, channels, channel mask) of pixels p0..p0+BLOCK_P (up to ``end``) and channels
+    """(pointers, mask) of the tile of pixels p0..p0+BLOCK_P (up to ``end``) and channels
     c0..c0+BLOCK_C of frame ``n``: the block base in int64 (one frame may hold 2^31 elements), offsets
     inside the tile in int32. A row's channels are contiguous, so the tile loads 16 bytes a thread."""
     offs_p = tl.arange(0, BLOCK_P)
@@ -132,7 +132,17 @@ def _gn_tile(ptr, n, p0, end, c0, HW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.cons
     c_ok = offs_c < C
     mask = (p0 + offs_p < end)[:, None] & c_ok[None, :]
     blk = ptr + (n.to(tl.int64) * HW + p0) * C
-    return blk + offs_p[:, None] * C + offs_c[None, :], mask, offs_c, c_ok
+    return blk + offs_p[:, None] * C + offs_c[None, :], mask
+
+
+@triton.jit
+def _gn_chunk(HW, CHUNK, S, BLOCK_C: tl.constexpr):
+    """(program, frame n, first and end pixel of its chunk, first channel, channels) of a GroupNorm
+    pixel-pass program: grid axis 0 is n * S + chunk, axis 1 the channel tile."""
+    pid = tl.program_id(0)
+    start = (pid % S) * CHUNK
+    c0 = tl.program_id(1) * BLOCK_C
+    return pid, pid // S, start, tl.minimum(start + CHUNK, HW), c0, c0 + tl.arange(0, BLOCK_C)
 
 
 @triton.jit
@@ -140,16 +150,12 @@ def _gn_stats_partials_kernel(x_ptr, mean_ptr, m2_ptr, HW, C, CHUNK, S,
                               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per-channel (mean, M2) of chunk s of frame n (program (n * S + s, channel tile)), merged over
     its BLOCK_P-pixel tiles with Chan's formula: stable where E[x^2] - E[x]^2 is not."""
-    pid = tl.program_id(0)
-    n = pid // S
-    start = (pid % S) * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
-    c0 = tl.program_id(1) * BLOCK_C
+    pid, n, start, end, c0, offs_c = _gn_chunk(HW, CHUNK, S, BLOCK_C)
     count = 0.0
     mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
-        ptrs, mask, offs_c, c_ok = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        ptrs, mask = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
         v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
         cnt = tl.minimum(end - p0, BLOCK_P).to(tl.float32)
         cmean = tl.sum(v, axis=0) / cnt
@@ -160,10 +166,19 @@ def _gn_stats_partials_kernel(x_ptr, mean_ptr, m2_ptr, HW, C, CHUNK, S,
         mean += delta * (cnt / tot)
         m2 += cm2 + delta * delta * (count * cnt / tot)
         count = tot
-    offs_c = c0 + tl.arange(0, BLOCK_C)
     out = pid.to(tl.int64) * C + offs_c
     tl.store(mean_ptr + out, mean, mask=offs_c < C)
     tl.store(m2_ptr + out, m2, mask=offs_c < C)
+
+
+@triton.jit
+def _gn_group(C, CG, G, S, BLOCK_CG: tl.constexpr):
+    """(program, frame n, the group's channels and their mask, start of frame n's (S, C) partials)
+    of a combine program: one per (frame, group), program n * G + g."""
+    pid = tl.program_id(0)
+    n = pid // G
+    offs_c = (pid % G) * CG + tl.arange(0, BLOCK_CG)
+    return pid, n, offs_c, offs_c < (pid % G) * CG + CG, n.to(tl.int64) * S * C
 
 
 @triton.jit
@@ -171,11 +186,7 @@ def _gn_stats_combine_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, HW, C, CG, 
                              BLOCK_CG: tl.constexpr):
     """mean and rstd of group g of frame n (program n * G + g) from its channels' chunk partials, in a
     fixed order: the mean first, then every partial's M2 and its spread about that mean."""
-    pid = tl.program_id(0)
-    n = pid // G
-    offs_c = (pid % G) * CG + tl.arange(0, BLOCK_CG)
-    c_ok = offs_c < (pid % G) * CG + CG
-    base = n.to(tl.int64) * S * C
+    pid, n, offs_c, c_ok, base = _gn_group(C, CG, G, S, BLOCK_CG)
     total = tl.zeros((BLOCK_CG,), dtype=tl.float32)
     for s in range(0, S):
         cnt = tl.minimum(HW - s * CHUNK, CHUNK).to(tl.float32)
@@ -206,32 +217,27 @@ def _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, c_ok, G,
 def _gn_apply_kernel(x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, y_ptr, HW, C, CG, G, CHUNK, S,
                      GELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """y = (x - mean) rstd gamma + beta (then GELU) over chunk s of frame n, one channel tile."""
-    pid = tl.program_id(0)
-    n = pid // S
-    start = (pid % S) * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
-    c0 = tl.program_id(1) * BLOCK_C
-    offs_c = c0 + tl.arange(0, BLOCK_C)
+    pid, n, start, end, c0, offs_c = _gn_chunk(HW, CHUNK, S, BLOCK_C)
     mu, rs, gam, bet = _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, offs_c < C, G, CG)
     scale = rs * gam
     shift = bet - mu * scale
     for p0 in range(start, end, BLOCK_P):
-        ptrs, mask, _, _ = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        ptrs, mask = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
         y = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
         if GELU:
             y = _gelu(y)
-        yptrs, _, _, _ = _gn_tile(y_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        yptrs, _ = _gn_tile(y_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
         tl.store(yptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gn_grad_in(dn_ptr, x_ptr, n, p0, end, c0, HW, C, mu, rs, gam, bet,
                 GELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(xhat, d, mask, tile offsets): the normalised input and the gradient reaching the affine
+    """(xhat, d, mask): the normalised input and the gradient reaching the affine
     output (through GELU' of the recomputed pre-activation with GELU), zero outside the tile."""
-    xptrs, mask, _, _ = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+    xptrs, mask = _gn_tile(x_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
     xhat = tl.where(mask, (tl.load(xptrs, mask=mask, other=0.0).to(tl.float32) - mu[None, :]) * rs[None, :], 0.0)
-    dptrs, _, _, _ = _gn_tile(dn_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+    dptrs, _ = _gn_tile(dn_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
     d = tl.load(dptrs, mask=mask, other=0.0).to(tl.float32)
     if GELU:
         d *= _gelu_grad(xhat * gam[None, :] + bet[None, :])
@@ -243,12 +249,7 @@ def _gn_bwd_partials_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_p
                             HW, C, CG, G, CHUNK, S,
                             GELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per-channel sums of d * xhat (dgamma) and d (dbeta) over chunk s of frame n."""
-    pid = tl.program_id(0)
-    n = pid // S
-    start = (pid % S) * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
-    c0 = tl.program_id(1) * BLOCK_C
-    offs_c = c0 + tl.arange(0, BLOCK_C)
+    pid, n, start, end, c0, offs_c = _gn_chunk(HW, CHUNK, S, BLOCK_C)
     c_ok = offs_c < C
     mu, rs, gam, bet = _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, c_ok, G, CG)
     pdg = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -267,11 +268,7 @@ def _gn_bwd_combine_kernel(ppdg_ptr, ppdb_ptr, gamma_ptr, dgamma_ptr, dbeta_ptr,
                            BLOCK_CG: tl.constexpr):
     """Group g of frame n (program n * G + g): its channels' dgamma and dbeta partials summed over the
     chunks in order, and the dx coefficients a = sum(gamma dbeta) / count, b = sum(gamma dgamma) / count."""
-    pid = tl.program_id(0)
-    n = pid // G
-    offs_c = (pid % G) * CG + tl.arange(0, BLOCK_CG)
-    c_ok = offs_c < (pid % G) * CG + CG
-    base = n.to(tl.int64) * S * C
+    pid, n, offs_c, c_ok, base = _gn_group(C, CG, G, S, BLOCK_CG)
     pdg = tl.zeros((BLOCK_CG,), dtype=tl.float32)
     pdb = tl.zeros((BLOCK_CG,), dtype=tl.float32)
     for s in range(0, S):
@@ -291,12 +288,7 @@ def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, coef_
                    HW, C, CG, G, CHUNK, S,
                    GELU: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx = rstd (d gamma - a - xhat b) (plus the residual's gradient) over chunk s of frame n."""
-    pid = tl.program_id(0)
-    n = pid // S
-    start = (pid % S) * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
-    c0 = tl.program_id(1) * BLOCK_C
-    offs_c = c0 + tl.arange(0, BLOCK_C)
+    pid, n, start, end, c0, offs_c = _gn_chunk(HW, CHUNK, S, BLOCK_C)
     c_ok = offs_c < C
     mu, rs, gam, bet = _gn_scale_shift(mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, n, offs_c, c_ok, G, CG)
     cidx = 2 * (n * G + offs_c // CG)
@@ -306,9 +298,9 @@ def _gn_bwd_kernel(dn_ptr, x_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, coef_
         xhat, d, mask = _gn_grad_in(dn_ptr, x_ptr, n, p0, end, c0, HW, C, mu, rs, gam, bet, GELU, BLOCK_P, BLOCK_C)
         dx = rs[None, :] * (d * gam[None, :] - a[None, :] - xhat * b[None, :])
         if HAS_RES:
-            rptrs, _, _, _ = _gn_tile(dres_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+            rptrs, _ = _gn_tile(dres_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
             dx += tl.load(rptrs, mask=mask, other=0.0).to(tl.float32)
-        optrs, _, _, _ = _gn_tile(dx_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
+        optrs, _ = _gn_tile(dx_ptr, n, p0, end, c0, HW, C, BLOCK_P, BLOCK_C)
         tl.store(optrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
