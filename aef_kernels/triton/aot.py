@@ -59,7 +59,7 @@ from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
 from triton.runtime import jit as _jit
 
-from .common import Launch, recording
+from .common import Launch, code_family, recording
 
 # Maximum dynamic shared memory per block (opt-in), bytes.
 SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -252,11 +252,11 @@ def collect_calls(modules=None, sweep: bool = False) -> list[AOTCall]:
     return calls
 
 
-def record(calls: list[AOTCall]) -> list[tuple[AOTCall, Launch]]:
-    """Every launch of every call, in order."""
+def record(calls: list[AOTCall], family: int = 90) -> list[tuple[AOTCall, Launch]]:
+    """Every launch of every call, in order, as on a device of code ``family``."""
     out = []
     for call in calls:
-        with recording() as launches:
+        with recording(family) as launches:
             call.run()
         if not launches:
             raise RuntimeError(f"AOT call {call.name} launched no kernel")
@@ -268,7 +268,7 @@ def collect_specs(cc: int, modules=None, sweep: bool = False) -> list[AOTSpec]:
     """The distinct compilations of every launch of every call, for compute capability ``cc``; each
     named after the first call that launched it, hot if any hot call launched it."""
     specs: dict[tuple, dict] = {}
-    for call, launch in record(collect_calls(modules, sweep)):
+    for call, launch in record(collect_calls(modules, sweep), code_family(cc)):
         signature, constexprs, attrs, options = specialize(launch, cc)
         key = _key(launch.kernel, signature, constexprs, attrs, options)
         if key in specs:

@@ -48,7 +48,7 @@ import triton.language as tl
 from .. import dispatch
 from ..autograd import kernel_op
 from .aot import AOTCall
-from .common import TL_DTYPES, capability, launch, shared_memory_reasons
+from .common import TL_DTYPES, capability, launch, shared_memory_reasons, target_family
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Rows and columns of the forward's score tile, which is also the longest T (and Tq) of its
@@ -365,13 +365,12 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
 # at 4 and runs 2 (mma.sync on sm_90), d = 128 spills 240 B at 4 and runs 8 (rows duplicated on
 # sm_90). float32's 16-row tiles take 1 warp, except the d = 32 single tile (16 B spill on sm_90 at
 # 1: 2) and d = 128 (400-700 B spills below 8).
-# The 16-bit backward's 32-row tiles take 2 warps, except the single tile at d = 32 and 64 (40 B
-# spills on sm_90 at 2: 4, every row computed twice at d = 32) and d = 128 (spills at 2, and 8 B in
-# the key loop's dq pass on sm_80 at 4: 8). 64-row key-loop tiles at 4 warps would give wgmma on
-# sm_90 but spill 8-136 B in the dk/dv pass at d = 64 and 128. The float32 backward at d = 128
-# spills at any count.
+# The 16-bit backward's 32-row single tile takes 2 warps, except d = 32 and 64 (40 B spills on sm_90
+# at 2: 4, every row computed twice at d = 32) and d = 128 (spills below 8); its key loop is
+# _BWD_LOOP below (square 64-row blocks there spilled 8-136 B in the dk/dv pass at d = 64 and 128).
+# The float32 backward at d = 128 spills at any count.
 _WARPS = {("16bit", False, True): (2, 4, 4, 8), ("16bit", False, False): (4, 4, 4, 4),
-          ("16bit", True, True): (2, 4, 4, 8), ("16bit", True, False): (2, 2, 2, 8),
+          ("16bit", True, True): (2, 4, 4, 8),
           ("fp32", False, True): (1, 2, 1, 8), ("fp32", False, False): (1, 1, 1, 8),
           ("fp32", True, True): (8, 8, 8, 8), ("fp32", True, False): (8, 8, 8, 8)}
 
@@ -381,15 +380,32 @@ def _tile(t: str, backward: bool) -> int:
     return TILES[t] // _BWD_TILE_DIVISOR[t] if backward else TILES[t]
 
 
-def _attn_config(t: str, d: int, backward: bool, single: bool) -> dict:
+# The 16-bit backward's key loop per code family and head dim: (query rows, key rows) of the dk/dv
+# pass's blocks, of the dq pass's, and warps. On sm_90 the pass's accumulators (dk and dv, or dq)
+# take 64 rows, a warpgroup's wgmma M, and the side it loops over 32: no spill, no duplicated warps
+# at d = 32 and 64. On sm_80 the same blocks put [4, 1] mma warps on the 32-row side (rows computed
+# twice) and spill 8 B at d = 32, so it keeps 32 x 32 at 2 warps; so does d = 16 on sm_90, whose
+# 32 x 16 operand tiles load 8 bytes a thread at 4 warps. d = 128 runs 8 warps (fewer spill).
+_SQUARE_32 = ((32, 32), (32, 32))
+_WGMMA_64 = ((32, 64), (64, 32))
+_BWD_LOOP = {80: {16: (*_SQUARE_32, 2), 32: (*_SQUARE_32, 2), 64: (*_SQUARE_32, 2), 128: (*_SQUARE_32, 8)},
+             90: {16: (*_SQUARE_32, 2), 32: (*_WGMMA_64, 4), 64: (*_WGMMA_64, 4), 128: (*_WGMMA_64, 8)}}
+
+
+def _attn_config(t: str, d: int, backward: bool, single: bool, dq: bool = False, family: int = 90) -> dict:
     """Constexprs and launch options of the forward (or backward) kernel for dtype ``t`` and head
     dim ``d``; the launchers, the dispatcher's reasons and the AOT compilation all take them from
     here. BLOCK_M is also the longest T of the single-tile path. Two stages: the key loop's K and V
     tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89 (three stages need
     114 KB in the forward and 131 KB in the backward on sm_90)."""
     tile = _tile(t, backward)
-    warps = _WARPS[("fp32" if t == "fp32" else "16bit", backward, single)][HEAD_DIMS.index(d)]
-    return {"SINGLE": single, "BLOCK_M": tile, "BLOCK_N": tile, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
+    if backward and not single and t != "fp32":
+        dkdv, dq_blocks, warps = _BWD_LOOP[family][d]
+        rows, cols = dq_blocks if dq else dkdv
+    else:
+        rows, cols = tile, tile
+        warps = _WARPS[("fp32" if t == "fp32" else "16bit", backward, single)][HEAD_DIMS.index(d)]
+    return {"SINGLE": single, "BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
             "num_warps": warps, "num_stages": 2}
 
 
@@ -456,9 +472,12 @@ def _backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     mask, mask_strides = _mask_args(key_padding_mask, q)
     groups = triton.cdiv(S, cfg.seqs)
     for dq_pass in (False,) if cfg.single else (False, True):
+        blocks = _attn_config(TL_DTYPES[q.dtype], d, backward=True, single=cfg.single, dq=dq_pass,
+                              family=target_family(q))
+        # The key loop steps by its blocks, which differ per pass.
+        qrows, kcols = (cfg.qrows, cfg.kcols) if cfg.single else (blocks["BLOCK_M"], blocks["BLOCK_N"])
         launch(_attn_bwd_kernel, (groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
-               *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, cfg.qrows, cfg.kcols, DQ=dq_pass,
-               **_attn_config(TL_DTYPES[q.dtype], d, backward=True, single=cfg.single))
+               *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, qrows, kcols, DQ=dq_pass, **blocks)
     return dq, dk, dv
 
 

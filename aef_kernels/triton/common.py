@@ -34,20 +34,30 @@ class Launch:
     kwargs: dict
 
 
-_RECORDERS: list[list[Launch]] = []
+_RECORDERS: list[tuple[list[Launch], int]] = []
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[list[Launch]]:
+def recording(family: int = 90) -> Iterator[list[Launch]]:
     """Inside the block, launches are collected into the yielded list instead of being run; the
     launchers themselves (shapes, strides, configuration) run as in a real call, so on meta tensors
-    this shows what a call would launch without a GPU."""
+    this shows what a call would launch without a GPU, on a device of code ``family`` (80 or 90,
+    see code_family: where a launcher's configuration differs per target)."""
     launches: list[Launch] = []
-    _RECORDERS.append(launches)
+    _RECORDERS.append((launches, family))
     try:
         yield launches
     finally:
         _RECORDERS.pop()
+
+
+def target_family(t: torch.Tensor) -> int:
+    """The code family (80 or 90) whose configuration a launcher picks for ``t``: the one being
+    recorded, else that of ``t``'s CUDA device; 90 for CPU tensors under the interpreter."""
+    if _RECORDERS:
+        return _RECORDERS[-1][1]
+    limit = device_shared_limit(t)
+    return 90 if limit is None else code_family(limit[0])
 
 
 def launch(kernel, grid, *args, num_warps: int, num_stages: int, **kwargs) -> None:
@@ -63,7 +73,7 @@ def launch(kernel, grid, *args, num_warps: int, num_stages: int, **kwargs) -> No
     """
     kwargs = dict(kwargs, num_warps=num_warps, num_stages=num_stages)
     if _RECORDERS:
-        _RECORDERS[-1].append(Launch(kernel, tuple(grid), args, kwargs))
+        _RECORDERS[-1][0].append(Launch(kernel, tuple(grid), args, kwargs))
         return
     if INTERPRET and any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
         return

@@ -79,10 +79,11 @@ RULES = ("no_local", "wgmma", "tensor_cores", "wide_access", "no_duplicated_warp
 
 _ATTN_D128 = ("d = 128: the single tile (16-bit) and every float32 tile run 8 warps, which spill 240-700 B at "
               "fewer; the layout covers the tile 2 (16-bit, sm_90) to 4 (float32) times")
-_BWD_32_ROWS = ("the backward's 32-row tiles (M = 32) are below wgmma's 64 rows per warpgroup, so it runs mma.sync; "
-                "64-row key-loop tiles spill 8-136 B in the dk/dv pass at d = 64 and 128")
+_BWD_32_ROWS = ("the backward's 32-row single tile (M = 32) and its d = 16 key loop (2 warps: at 4 the 32 x 16 "
+                "tiles load 8 bytes a thread) are below wgmma's 64 rows per warpgroup, so they run mma.sync; the "
+                "key loop at d = 32 to 128 runs wgmma")
 _BWD_WARPS = ("the backward's 32-row single tile at 4 warps (d = 32: 2 spill 40 B on sm_90) and d = 128 at 8 "
-              "warps (fewer spill): rows or columns covered twice")
+              "warps in the single tile and the key loop (fewer spill): rows or columns covered twice")
 _WGRAD_FP32 = ("the 16-row fp32 tiles at 4 warps: 4-8-byte a/dy copies (C = 16 to 128 in the precision operator, "
                "every resampling weight gradient)")
 
