@@ -362,17 +362,18 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
 # once where that compiles without a spill on sm_80 and sm_90, read off the faithful AOT compile
 # (benchmarks/notes/triton_aot.md, 2026-12-02 and 2026-12-03). The 16-bit forward's 64-row tiles
 # take 4 warps (one warpgroup: wgmma on sm_90), except two single tiles: d = 16 spills 8 B on sm_80
-# at 4 and runs 2 (mma.sync on sm_90), d = 128 spills 240 B at 4 and runs 8 (rows duplicated on
+# at 4 and runs 2 there (_SM80_WARPS), d = 128 spills 240 B at 4 and runs 8 (rows duplicated on
 # sm_90). float32's 16-row tiles take 1 warp, except the d = 32 single tile (16 B spill on sm_90 at
 # 1: 2) and d = 128 (400-700 B spills below 8).
 # The 16-bit backward's 32-row single tile takes 2 warps, except d = 32 and 64 (40 B spills on sm_90
 # at 2: 4, every row computed twice at d = 32) and d = 128 (spills below 8); its key loop is
 # _BWD_LOOP below (square 64-row blocks there spilled 8-136 B in the dk/dv pass at d = 64 and 128).
 # The float32 backward at d = 128 spills at any count.
-_WARPS = {("16bit", False, True): (2, 4, 4, 8), ("16bit", False, False): (4, 4, 4, 4),
+_WARPS = {("16bit", False, True): (4, 4, 4, 8), ("16bit", False, False): (4, 4, 4, 4),
           ("16bit", True, True): (2, 4, 4, 8),
           ("fp32", False, True): (1, 2, 1, 8), ("fp32", False, False): (1, 1, 1, 8),
           ("fp32", True, True): (8, 8, 8, 8), ("fp32", True, False): (8, 8, 8, 8)}
+_SM80_WARPS = {("16bit", False, True): (2, 4, 4, 8)}
 
 
 def _tile(t: str, backward: bool) -> int:
@@ -404,7 +405,8 @@ def _attn_config(t: str, d: int, backward: bool, single: bool, dq: bool = False,
         rows, cols = dq_blocks if dq else dkdv
     else:
         rows, cols = tile, tile
-        warps = _WARPS[("fp32" if t == "fp32" else "16bit", backward, single)][HEAD_DIMS.index(d)]
+        key = ("fp32" if t == "fp32" else "16bit", backward, single)
+        warps = (_SM80_WARPS if family == 80 and key in _SM80_WARPS else _WARPS)[key][HEAD_DIMS.index(d)]
     return {"SINGLE": single, "BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
             "num_warps": warps, "num_stages": 2}
 
@@ -448,7 +450,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask
     grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
     launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
            scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks,
-           **_attn_config(TL_DTYPES[q.dtype], d, backward=False, single=cfg.single))
+           **_attn_config(TL_DTYPES[q.dtype], d, backward=False, single=cfg.single, family=target_family(q)))
     return o, lse
 
 

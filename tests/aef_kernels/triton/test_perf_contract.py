@@ -92,9 +92,6 @@ KNOWN_BREACHES = {
     ("attn_fwd", "bf16", 90, "no_duplicated_warps"): (_ATTN_D128, "item 2: a d = 128 tile that fits 4 warps"),
     ("attn_fwd", "fp32", 80, "no_duplicated_warps"): (_ATTN_D128, "item 2: a d = 128 tile that fits fewer warps"),
     ("attn_fwd", "fp32", 90, "no_duplicated_warps"): (_ATTN_D128, "item 2: a d = 128 tile that fits fewer warps"),
-    ("attn_fwd", "bf16", 90, "wgmma"): (
-        "the d = 16 single tile runs 2 warps (mma.sync): at 4 it spills 8 B on sm_80, at 8 its rows are computed twice",
-        "item 2: a per-target warp count, or less single-tile register pressure"),
     ("attn_bwd", "bf16", 80, "no_duplicated_warps"): (_BWD_WARPS, "item 2: backward tiles that fit fewer warps"),
     ("attn_bwd", "bf16", 90, "no_duplicated_warps"): (_BWD_WARPS, "item 2: backward tiles that fit fewer warps"),
     ("attn_bwd", "bf16", 90, "wgmma"): (_BWD_32_ROWS, "item 2: 64-row backward tiles without spills"),
