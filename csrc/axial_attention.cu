@@ -24,11 +24,10 @@ __host__ __device__ constexpr int key_block() {
   return D < 128 ? 64 : (sizeof(T) == 4 ? 16 : 32);
 }
 
-// Rows of the shared tile: the block's queries, then K (rows 0..) and V (rows kKeyBlock..) of each
-// key block in turn.
-template <typename T, int D>
-__host__ __device__ constexpr int fwd_tile_rows() {
-  return kBlockRows > 2 * key_block<T, D>() ? kBlockRows : 2 * key_block<T, D>();
+// Buffers of the shared tile, each K (rows 0..) and V (rows kKeyBlock..) of a key block.
+template <typename T, int D, int VEC>
+__host__ __device__ constexpr int fwd_buffers() {
+  return column_buffers<T, D, VEC>(2 * key_block<T, D>());
 }
 
 template <typename T, int D, int VEC>
@@ -39,9 +38,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kTiles = kKeyBlock / 8;  // score tiles of 8 keys
   constexpr int kOutTiles = D / 8;
   constexpr int kStride = tile_stride<T, D>();
-  alignas(16) __shared__ T tile[fwd_tile_rows<T, D>() * kStride];
-  T* const kt = tile;
-  T* const vt = tile + kKeyBlock * kStride;
+  constexpr int kBuffers = fwd_buffers<T, D, VEC>();
+  alignas(16) __shared__ T tile[shared_rows(kBuffers, 2 * kKeyBlock) * kStride];
+  // K of the key block at kb; its V follows kKeyBlock rows on.
+  const auto keys_of = [&](int64_t kb) { return tile + (kb / kKeyBlock % kBuffers) * 2 * kKeyBlock * kStride; };
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -70,11 +70,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     float l[2] = {0.f, 0.f};              // this lane's share of the running row sums
 
     for (int64_t kb = 0; kb < p.T; kb += kKeyBlock) {
-      __syncthreads();  // the queries (first block) or the previous K and V are read
-      const auto readable = [&](int r) { return key_valid(p, ms, kb + r); };
-      stage<T, D, VEC>(kt, ks + kb * p.k.t, p.k.t, kKeyBlock, readable);
-      stage<T, D, VEC>(vt, vs + kb * p.v.t, p.v.t, kKeyBlock, readable);
+      __syncthreads();  // the queries (first block) or the K and V of the block before are read
+      stage_column_block<VEC, kBuffers>(kb, kKeyBlock, p.T, [&](int64_t at) {
+        const auto readable = [&](int r) { return key_valid(p, ms, at + r); };
+        T* const to = keys_of(at);
+        if constexpr (VEC == 1) {
+          stage<T, D, VEC>(to, ks + at * p.k.t, p.k.t, kKeyBlock, readable);
+          stage<T, D, VEC>(to + kKeyBlock * kStride, vs + at * p.v.t, p.v.t, kKeyBlock, readable);
+        } else {
+          stage_async<T, D>(to, ks + at * p.k.t, p.k.t, kKeyBlock, readable);
+          stage_async<T, D>(to + kKeyBlock * kStride, vs + at * p.v.t, p.v.t, kKeyBlock, readable);
+        }
+      });
       __syncthreads();
+      const T* const kt = keys_of(kb);
+      const T* const vt = kt + kKeyBlock * kStride;
       if (!br.active) continue;  // warp-uniform
 
       float sc[kTiles][4];

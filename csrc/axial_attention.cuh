@@ -9,11 +9,16 @@
 // through shared memory once and each warp keeps the A fragments of its tile in registers; then
 // the block walks the other side (K and V, or Q and dO) in column blocks: its threads copy each
 // block into shared memory together, a barrier, and every warp reads its B fragments from there.
-// The copies are 16-byte global loads where the host found every row of every operand 16-byte
-// aligned (kernels with VEC = 16 / sizeof(T)), element loads otherwise (VEC = 1); rows that may not
-// be read (padding keys, frames past the end) are stored as zeros and never loaded. Every loop a
-// barrier sits in has a bound uniform over the block, and warps whose tile lies past the end still
-// copy and reach every barrier; they skip only the products.
+// Where the host found every row of every operand 16-byte aligned (kernels with VEC = 16 /
+// sizeof(T)) the copies are 16-byte cp.async (LDGSTS: global to shared, no registers) and the
+// column blocks are double-buffered: after the barrier that frees the buffer block j - 1 used, the
+// threads issue block j + 1 into it and wait only for block j's copies, so they are in flight while
+// the warps work on block j. Two buffers fit the 48 KB of static shared memory except in the float32
+// forward at d = 64 and the float32 dq pass at d = 64 and 128, which keep one (copied with cp.async
+// all the same). Otherwise (VEC = 1) one buffer is filled by element loads through registers. Rows
+// that may not be read (padding keys, frames past the end) are stored as zeros and never loaded
+// (cp.async with src-size 0). Every loop a barrier sits in has a bound uniform over the block, and
+// warps whose tile lies past the end still copy and reach every barrier; they skip only the products.
 //
 // Products are mma.sync m16n8k16 (row.col) with float32 accumulation for float16 and bfloat16;
 // float32 inputs run the same code through an exact-float32 emulation of that instruction with the
@@ -269,6 +274,76 @@ __device__ __forceinline__ void stage(T* dst, const T* src, int64_t src_stride, 
       const int r = i / kPerRow;
       T* to = dst + r * tile_stride<T, D>() + (i - r * kPerRow) * kChunk;
       if (i < total) *reinterpret_cast<Pack<T, kChunk>*>(to) = x[b];
+    }
+  }
+}
+
+// 16 bytes from global src to shared dst without a round trip through registers (LDGSTS); the
+// first src_bytes are copied and the rest zero-filled, so src_bytes = 0 stores zeros and reads
+// nothing. Visible to the block after cp_async_wait and a barrier.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+               :
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst))), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" : : : "memory"); }
+
+// Waits until at most N of this thread's committed copy groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" : : "n"(N) : "memory");
+}
+
+// stage for 16-byte aligned rows, as cp.async copies: the block's threads issue them and go on.
+template <typename T, int D, typename Ok>
+__device__ __forceinline__ void stage_async(T* dst, const T* src, int64_t src_stride, int n, Ok ok) {
+  constexpr int kChunk = 16 / sizeof(T);
+  constexpr int kPerRow = D / kChunk;
+  for (int i = threadIdx.x; i < n * kPerRow; i += blockDim.x) {
+    const int r = i / kPerRow;
+    const int c = (i - r * kPerRow) * kChunk;
+    const bool readable = ok(r);
+    cp_async_16(dst + r * tile_stride<T, D>() + c, readable ? src + r * src_stride + c : src, readable ? 16u : 0u);
+  }
+}
+
+// Rows of a kernel's shared tile: the block's own rows (kBlockRows), then, through the same rows,
+// `buffers` buffers of `buffer_rows` rows for the column blocks.
+__host__ __device__ constexpr int shared_rows(int buffers, int buffer_rows) {
+  return buffers * buffer_rows > kBlockRows ? buffers * buffer_rows : kBlockRows;
+}
+
+// Column-block buffers of a kernel: two for the kernels staged in 16-byte copies (VEC > 1), so the
+// copies of block j + 1 are in flight while the warps work on block j, where both fit the 48 KB of
+// static shared memory a block may have; else one (the float32 forward at d = 64 and the float32
+// dq pass at d = 64 and 128 would take 66-68 KB). The element-staged kernels (VEC = 1) load through
+// registers and keep one.
+template <typename T, int D, int VEC>
+__host__ __device__ constexpr int column_buffers(int buffer_rows) {
+  return VEC > 1 && shared_rows(2, buffer_rows) * tile_stride<T, D>() * sizeof(T) <= 48 * 1024 ? 2 : 1;
+}
+
+// Before the warps work on the column block at c0 (of width `width`, of n columns in all): its copy
+// is in the block's tile. fill(c) stages the block at c into its buffer; it runs after a barrier that
+// frees that buffer. With two buffers the copy of the next block is issued here too, into the buffer
+// the previous block used, and only the current block's group is waited for. A barrier must follow.
+template <int VEC, int BUFFERS, typename Fill>
+__device__ __forceinline__ void stage_column_block(int64_t c0, int64_t width, int64_t n, Fill fill) {
+  if constexpr (VEC == 1) {
+    fill(c0);
+  } else {
+    if (BUFFERS == 1 || c0 == 0) {
+      fill(c0);
+      cp_async_commit();
+    }
+    if (BUFFERS == 2 && c0 + width < n) {
+      fill(c0 + width);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
   }
 }

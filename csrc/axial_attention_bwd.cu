@@ -67,11 +67,11 @@ __host__ __device__ constexpr int out_cols() {
   return sizeof(T) == 4 && D == 128 && PASS != kPassDv ? D / 2 : D;
 }
 
-// Rows of the shared tile: the block's R1 rows, then its R2 rows, then C1 (rows 0..) and C2 (rows
-// kCols..) of each column block in turn.
-template <int D, int PASS>
-__host__ __device__ constexpr int bwd_tile_rows() {
-  return kBlockRows > 2 * col_block<D, PASS>() ? kBlockRows : 2 * col_block<D, PASS>();
+// Buffers of the shared tile (which holds the block's R1 rows, then its R2 rows, first), each C1
+// (rows 0..) and C2 (rows kCols..) of a column block.
+template <typename T, int D, int PASS, int VEC>
+__host__ __device__ constexpr int bwd_buffers() {
+  return column_buffers<T, D, VEC>(2 * col_block<D, PASS>());
 }
 
 // kPassDq: rows are queries, out1 = dq. Otherwise rows are keys, out1 = dk and out2 = dv (as the pass
@@ -88,9 +88,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kTiles = kCols / 8;
   constexpr int kOutTiles = out_cols<T, D, PASS>() / 8;
   constexpr int kStride = tile_stride<T, D>();
-  alignas(16) __shared__ T tile[bwd_tile_rows<D, PASS>() * kStride];
-  T* const c1_tile = tile;
-  T* const c2_tile = tile + kCols * kStride;
+  constexpr int kBuffers = bwd_buffers<T, D, PASS, VEC>();
+  alignas(16) __shared__ T tile[shared_rows(kBuffers, 2 * kCols) * kStride];
+  // C1 of the column block at cb; its C2 follows kCols rows on.
+  const auto cols_of = [&](int64_t cb) { return tile + (cb / kCols % kBuffers) * 2 * kCols * kStride; };
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -159,11 +160,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < kAcc2; ++i) acc2[i][0] = acc2[i][1] = acc2[i][2] = acc2[i][3] = 0.f;
 
     for (int64_t cb = 0; cb < n_cols; cb += kCols) {
-      __syncthreads();  // the rows (first block) or the previous C1 and C2 are read
-      const auto readable = [&](int y) { return col_ok(cb + y); };
-      stage<T, D, VEC>(c1_tile, c1 + cb * c1t, c1t, kCols, readable);
-      stage<T, D, VEC>(c2_tile, c2 + cb * c2t, c2t, kCols, readable);
+      __syncthreads();  // the rows (first block) or the C1 and C2 of the block before are read
+      stage_column_block<VEC, kBuffers>(cb, kCols, n_cols, [&](int64_t at) {
+        const auto readable = [&](int y) { return col_ok(at + y); };
+        T* const to = cols_of(at);
+        if constexpr (VEC == 1) {
+          stage<T, D, VEC>(to, c1 + at * c1t, c1t, kCols, readable);
+          stage<T, D, VEC>(to + kCols * kStride, c2 + at * c2t, c2t, kCols, readable);
+        } else {
+          stage_async<T, D>(to, c1 + at * c1t, c1t, kCols, readable);
+          stage_async<T, D>(to + kCols * kStride, c2 + at * c2t, c2t, kCols, readable);
+        }
+      });
       __syncthreads();
+      const T* const c1_tile = cols_of(cb);
+      const T* const c2_tile = c1_tile + kCols * kStride;
       if (!br.active) continue;  // warp-uniform
 
       float sc[kTiles][4], dp[kTiles][4];

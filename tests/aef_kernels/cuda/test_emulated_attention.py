@@ -367,3 +367,16 @@ def test_element_staging_matches_16_byte_staging_bitwise(emu, dtype):
         for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), reference_run, outputs):
             assert torch.equal(ops.bits(a), ops.bits(b)), f"{changes}: {name} differs from the 16-byte-staged run"
     emulator.PASSED["attention"] += 1
+
+
+def test_a_key_block_copied_over_the_one_in_use_fails(within_reference_error):
+    """A forward whose two key-block buffers are one (each next block's copy, issued before the
+    warps read the current one, lands on it) must fail the emulated test: the double buffering of
+    the 16-byte-staged kernels is shown to be checked, not only its single-buffered fallback."""
+    emu = emulator.load(("axial_attention.cu",
+                         "return tile + (kb / kKeyBlock % kBuffers) * 2 * kKeyBlock * kStride;", "return tile;"))
+    emulator.MUTANTS["built"] += 1
+    with pytest.raises(AssertionError):
+        check_case(emu, Case(BF16, 16, T=512, Tq=512, B=1, W=1, NH=1, mask="bt"), within_reference_error,
+                   schedules=(1,))
+    emulator.MUTANTS["failed"] += 1

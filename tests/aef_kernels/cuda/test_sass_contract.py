@@ -15,6 +15,9 @@ Rules, for every kernel of every family (``FAMILIES``), per dtype and architectu
   elements per load that stages a tile in shared memory; the VEC = 1 variants, which the launchers
   pick for operands that are not 16-byte aligned, load element by element by design, and the rule
   holds the 16-byte variants (VEC = 16 / element size) only.
+- ``cp_async``: the 16-byte-staged attention kernels copy their column blocks (K and V; Q and dO in
+  the dk/dv pass) to shared memory with cp.async, double-buffered where shared memory allows: the
+  SASS has LDGSTS. The VEC = 1 variants load through registers and are exempt.
 
 Breaches that exist today are declared in ``KNOWN_BREACHES`` with the reason and the item of issue
 15 that removes them; each is a strict xfail. Every entry was read off the SASS of the build this
@@ -36,8 +39,8 @@ import pytest
 ARCHS = ("sm_80", "sm_90")
 DTYPES = {"13__nv_bfloat16": "bf16", "6__half": "fp16", "f": "fp32"}
 ALL, FLOAT = ("bf16", "fp16", "fp32"), ("fp32",)
-# family -> (its dtypes, whether it is a matrix kernel: the hmma and wide_kv rules apply). The
-# GroupNorm statistics kernels work on float2 partial sums whatever the input's dtype.
+# family -> (its dtypes, whether it is a matrix kernel: the hmma, wide_kv and cp_async rules
+# apply). The GroupNorm statistics kernels work on float2 partial sums whatever the input's dtype.
 FAMILIES = {
     "axial_attention_fwd": (ALL, True),
     "axial_attention_bwd": (ALL, True),
@@ -57,7 +60,7 @@ FAMILIES = {
     "batch_uniformity_fwd_sum": (ALL, False),
     "batch_uniformity_bwd": (ALL, False),
 }
-RULES = ("no_local", "hmma", "wide_kv")
+RULES = ("no_local", "hmma", "wide_kv", "cp_async")
 
 # (family, dtype, arch, rule) -> (why it breaches, the issue 15 item that fixes it)
 KNOWN_BREACHES: dict[tuple[str, str, str, str], tuple[str, str]] = {}
@@ -167,11 +170,13 @@ def _widths(k: Kernel) -> str:
 
 def table(kernels: list[Kernel]) -> str:
     lines = ["\nstatic performance contract of the CUDA build (SASS, sm_80 and sm_90)",
-             f"{'kernel':<44} {'arch':<5} {'regs':>4} {'stack':>5} {'LDL/STL':>7} {'HMMA':>5} {'LDS/LDSM':>8}  "
+             f"{'kernel':<44} {'arch':<5} {'regs':>4} {'stack':>5} {'LDL/STL':>7} {'HMMA':>5} {'LDS/LDSM':>8} "
+             f"{'LDGSTS':>6}  "
              "global loads by width (B:count)"]
     for k in kernels:
         lines.append(f"{k.label:<44} {k.arch:<5} {k.registers:>4} {k.stack + k.local:>5} "
-                     f"{k.count(r'(LDL|STL).*'):>7} {k.count(r'H(G)?MMA.*'):>5} {k.count(r'LDS.*'):>8}  {_widths(k)}")
+                     f"{k.count(r'(LDL|STL).*'):>7} {k.count(r'H(G)?MMA.*'):>5} {k.count(r'LDS.*'):>8} "
+                     f"{k.count(r'LDGSTS.*'):>6}  {_widths(k)}")
     known = "\n".join(f"  {f} {d} {a} {r}: {why} -> {fix}" for (f, d, a, r), (why, fix) in KNOWN_BREACHES.items())
     return "\n".join(lines) + "\nknown breaches:\n" + known
 
@@ -188,6 +193,10 @@ def breaches(k: Kernel, rule: str) -> list[str]:
         wide = k.count(r"LDG\.E\.128.*") + k.count(r"LDGSTS.*128.*")
         narrow = k.count(r"LDG\.E\.(U|S)16.*") if k.dtype != "fp32" else 0
         return [f"{wide} 16-byte loads, {narrow} 2-byte loads ({_widths(k)})"] if not wide or narrow else []
+    if rule == "cp_async":
+        if k.params[-1] == 1:
+            return []
+        return [] if k.count(r"LDGSTS.*") else [f"no LDGSTS ({_widths(k)})"]
     raise ValueError(rule)
 
 
@@ -252,7 +261,7 @@ def test_sass_contract(kernels, family, dtype, arch, rule):
     if not any(k.arch == arch for k in kernels):
         pytest.skip(f"{arch} is not in this build (AEF_CUDA_ARCHS)")
     assert rows, f"no {dtype} kernel of {family} for {arch}"
-    if rule == "wide_kv":
+    if rule in ("wide_kv", "cp_async"):
         assert any(k.params[-1] > 1 for k in rows), f"no 16-byte-staged {dtype} kernel of {family} for {arch}"
     found = [f"{k.label} ({k.arch}): {line}" for k in rows for line in breaches(k, rule)]
     assert not found, f"{rule} breached:\n" + "\n".join(found)

@@ -1,8 +1,10 @@
-"""Source-to-source rewrite of the two constructs host C++ cannot compile: a kernel launch
-``kernel<<<grid, block, smem, stream>>>(args)`` becomes a call of ``aef_emu::launch``, and the
+"""Source-to-source rewrite of the constructs host C++ cannot compile: a kernel launch
+``kernel<<<grid, block, smem, stream>>>(args)`` becomes a call of ``aef_emu::launch``; the
 ``mma.sync.aligned.m16n8k16`` inline assembly becomes a call of the emulated warp collective with
-the same operands. Everything else is left byte for byte, newlines included, so that compiler
-messages and the emulator's failure reports point at the original lines."""
+the same operands, and the 16-byte ``cp.async`` copy with its ``commit_group`` / ``wait_group``
+calls of the runtime's immediate copy and of no-ops. Everything else is left byte for byte,
+newlines included, so that compiler messages and the emulator's failure reports point at the
+original lines."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import re
 _MMA = re.compile(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.(f16|bf16)\.f32\s+(.*)$", re.S)
 _KINDS = {"f16": "::aef_emu::kMmaF16", "bf16": "::aef_emu::kMmaBF16"}
 _OPERAND = re.compile(r'^\s*"([^"]*)"\s*\((.*)\)\s*$', re.S)
+_CP_ASYNC = re.compile(r"cp\.async\.cg\.shared\.global\s+\[%(\d+)\],\s*\[%(\d+)\],\s*16,\s*%(\d+);?$")
+_COMMIT = re.compile(r"cp\.async\.commit_group;?$")
+_WAIT = re.compile(r"cp\.async\.wait_group\s+%(\d+);?$")
 
 
 class RewriteError(ValueError):
@@ -122,8 +127,44 @@ def _rewrite_launches(src: str) -> tuple[str, int]:
     return "".join(out), count
 
 
-def _rewrite_asm(src: str) -> tuple[str, int]:
-    out, pos, count = [], 0, 0
+def _mma_call(template: str, mm: re.Match, operands: list[tuple[str, str]]) -> str:
+    """The emulated warp collective for an mma statement (a block, so it needs no ';')."""
+    groups = [g.strip() for g in re.findall(r"\{([^}]*)\}", mm.group(3))]
+    if len(groups) != 4:
+        raise RewriteError(f"mma needs the operand groups {{D}}, {{A}}, {{B}}, {{C}}: {template!r}")
+    refs = [[int(r.strip().lstrip("%")) for r in g.split(",")] for g in groups]
+    if [len(r) for r in refs] != [4, 4, 2, 4]:
+        raise RewriteError(f"m16n8k16 with f32 accumulators takes 4, 4, 2 and 4 registers: {template!r}")
+    d, a, b, c = ([operands[i][1] for i in r] for r in refs)
+    for i in refs[0]:
+        if not operands[i][0].startswith(("=", "+")):
+            raise RewriteError(f"mma output %{i} is not an output operand")
+    a = [f"static_cast<uint32_t>({x})" for x in a]
+    b = [f"static_cast<uint32_t>({x})" for x in b]
+    c = [f"static_cast<float>({x})" for x in c]
+    stores = " ".join(f"{x} = aef_emu_d_[{i}];" for i, x in enumerate(d))
+    return (f"{{ float aef_emu_d_[4]; ::aef_emu::mma_m16n8k16({_KINDS[mm.group(1)]}, aef_emu_d_, "
+            f"{{{', '.join(a)}}}, {{{', '.join(b)}}}, {{{', '.join(c)}}}); {stores} }}")
+
+
+def _cp_async_call(template: str, operands: list[tuple[str, str]]) -> str | None:
+    """The runtime call for a cp.async statement, or None if ``template`` is none of them."""
+    if _COMMIT.match(template):
+        return "::aef_emu::cp_async_commit_group();"
+    if (m := _WAIT.match(template)) is not None:
+        constraint, expr = operands[int(m.group(1))]
+        if constraint != "n":
+            raise RewriteError(f"cp.async.wait_group takes an immediate (\"n\"): {template!r}")
+        return f"::aef_emu::cp_async_wait_group({expr});"
+    if (m := _CP_ASYNC.match(template)) is not None:
+        dst, src, size = (operands[int(i)][1] for i in m.groups())
+        return (f"::aef_emu::cp_async_16(static_cast<uint32_t>({dst}), {src}, "
+                f"static_cast<uint32_t>({size}));")
+    return None
+
+
+def _rewrite_asm(src: str) -> tuple[str, int, int]:
+    out, pos, count, asyncs = [], 0, 0, 0
     pattern = re.compile(r"\basm\s*(volatile\s*)?\(")
     while True:
         m = pattern.search(src, pos)
@@ -134,9 +175,6 @@ def _rewrite_asm(src: str) -> tuple[str, int]:
         body = src[paren + 1: close - 1]
         sections = _split_top(body, ":")
         template = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', sections[0])).replace("\\n", "").strip()
-        mm = _MMA.match(template)
-        if not mm or mm.group(1) != mm.group(2):
-            raise RewriteError(f"inline assembly the emulator cannot translate: {template!r}")
         operands = []
         for section in sections[1:3]:
             for op in _split_top(section):
@@ -145,36 +183,30 @@ def _rewrite_asm(src: str) -> tuple[str, int]:
                     if not om:
                         raise RewriteError(f"unparsed asm operand {op!r}")
                     operands.append((om.group(1), om.group(2).strip()))
-        groups = [g.strip() for g in re.findall(r"\{([^}]*)\}", mm.group(3))]
-        if len(groups) != 4:
-            raise RewriteError(f"mma needs the operand groups {{D}}, {{A}}, {{B}}, {{C}}: {template!r}")
-        refs = [[int(r.strip().lstrip("%")) for r in g.split(",")] for g in groups]
-        if [len(r) for r in refs] != [4, 4, 2, 4]:
-            raise RewriteError(f"m16n8k16 with f32 accumulators takes 4, 4, 2 and 4 registers: {template!r}")
-        d, a, b, c = ([operands[i][1] for i in r] for r in refs)
-        for i in refs[0]:
-            if not operands[i][0].startswith(("=", "+")):
-                raise RewriteError(f"mma output %{i} is not an output operand")
-        a = [f"static_cast<uint32_t>({x})" for x in a]
-        b = [f"static_cast<uint32_t>({x})" for x in b]
-        c = [f"static_cast<float>({x})" for x in c]
-        stores = " ".join(f"{x} = aef_emu_d_[{i}];" for i, x in enumerate(d))
-        call = (f"{{ float aef_emu_d_[4]; ::aef_emu::mma_m16n8k16({_KINDS[mm.group(1)]}, aef_emu_d_, "
-                f"{{{', '.join(a)}}}, {{{', '.join(b)}}}, {{{', '.join(c)}}}); {stores} }}")
+        call = _cp_async_call(template, operands)
+        mm = _MMA.match(template)
+        if call is not None:
+            asyncs += 1
+        elif not mm or mm.group(1) != mm.group(2):
+            raise RewriteError(f"inline assembly the emulator cannot translate: {template!r}")
+        else:
+            call = _mma_call(template, mm, operands)
+            count += 1
         semi = close
         while src[semi].isspace():
             semi += 1
         if src[semi] != ";":
             raise RewriteError("asm statement not followed by ';'")
         out += [src[pos:m.start()], call, "\n" * body.count("\n")]
-        pos, count = semi + 1, count + 1
+        pos = semi + 1
     out.append(src[pos:])
-    return "".join(out), count
+    return "".join(out), count, asyncs
 
 
 def rewrite(src: str, path: str) -> tuple[str, dict[str, int]]:
-    """The emulator's version of one source file, and how many launches and mma statements it
-    translated. ``path`` is what ``#line`` names, so diagnostics cite the original file."""
+    """The emulator's version of one source file, and how many launches, mma and cp.async
+    statements it translated. ``path`` is what ``#line`` names, so diagnostics cite the original
+    file."""
     text, launches = _rewrite_launches(src)
-    text, mmas = _rewrite_asm(text)
-    return f'#line 1 "{path}"\n{text}', {"launches": launches, "mma": mmas}
+    text, mmas, asyncs = _rewrite_asm(text)
+    return f'#line 1 "{path}"\n{text}', {"launches": launches, "mma": mmas, "cp_async": asyncs}

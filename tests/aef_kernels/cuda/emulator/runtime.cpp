@@ -533,6 +533,37 @@ void mma_m16n8k16(int kind, float (&d)[4], const uint32_t (&a)[4], const uint32_
 
 void syncthreads() { suspend(kAtBarrier); }
 
+size_t shared_offset(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  if (__start_aef_emu_shared == nullptr || c < __start_aef_emu_shared || c >= __stop_aef_emu_shared) {
+    fail("__cvta_generic_to_shared of an address outside shared memory");
+    return 0;
+  }
+  return static_cast<size_t>(c - __start_aef_emu_shared);
+}
+
+void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
+  const size_t size = __start_aef_emu_shared ? static_cast<size_t>(__stop_aef_emu_shared - __start_aef_emu_shared) : 0;
+  if (static_cast<size_t>(dst) + 16 > size) {
+    fail("cp.async to a shared address past the kernels' shared memory");
+    return;
+  }
+  char* to = __start_aef_emu_shared + dst;
+  if (src_bytes > 16) {
+    fail("cp.async with src-size " + std::to_string(src_bytes) + " > 16 bytes");
+    return;
+  }
+  if (reinterpret_cast<uintptr_t>(to) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "misaligned cp.async: 16-byte copy from %p to shared %p", src,
+                  static_cast<void*>(to));
+    fail_misaligned(buf);
+    return;
+  }
+  if (src_bytes != 0) std::memcpy(to, src, src_bytes);
+  std::memset(to + src_bytes, 0, 16 - src_bytes);
+}
+
 void run_grid(const char* kernel, const char* where, int line, const char* caller, dim3 grid, dim3 block,
               size_t smem, void (*body)(void*), void* ctx) {
   g_kernel = kernel;

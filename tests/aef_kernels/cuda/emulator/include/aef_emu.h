@@ -110,6 +110,14 @@ uint64_t warp_shuffle(int kind, unsigned mask, uint64_t value, int arg, int widt
 void mma_m16n8k16(int kind, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 void syncthreads();
 void fail_misaligned(const char* what);
+// cp.async runs as an immediate copy: its destination is written before the issuing lane goes on,
+// which a later wait_group and barrier would have guaranteed anyway, so commit_group and wait_group
+// have nothing left to do. The destination is a shared-window offset, as __cvta_generic_to_shared
+// gives it; src_bytes < 16 zero-fills the rest of the 16 bytes (0: no global read at all).
+size_t shared_offset(const void* p);
+void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes);
+inline void cp_async_commit_group() {}
+inline void cp_async_wait_group(int) {}
 
 template <typename V>
 inline V shuffle_as(int kind, unsigned mask, V v, int arg, int width) {
@@ -141,6 +149,7 @@ inline V __shfl_xor_sync(unsigned mask, V v, int lane_mask, int width = 32) {
   return aef_emu::shuffle_as(aef_emu::kShflXor, mask, v, lane_mask, width);
 }
 inline void __syncthreads() { aef_emu::syncthreads(); }
+inline size_t __cvta_generic_to_shared(const void* p) { return aef_emu::shared_offset(p); }
 inline void __syncwarp(unsigned = 0xffffffffu) {}
 
 // ---- runtime API ---------------------------------------------------------------------------------
