@@ -86,6 +86,18 @@ def test_matches_reference(poisoned, gen, check_close, B, Tq, T, H, W, nh, d, fu
         assert (got[0][0, :, 0, 0] == 0).all()
 
 
+def check_float16_against_reference(gen, check_close, T, W, d, mask_kind, seed):
+    """float16 forward and gradients of one sample (T frames, 1 x W pixels, one head) match the
+    reference computed in float32 from the same inputs, within float16 rounding."""
+    leaves, (q, k, v) = make_qkv(gen, 1, T, T, 1, W, 1, d, dtype=torch.float16)
+    mask = make_mask(gen, mask_kind, 1, T, 1, W)
+    got = run(q, k, v, mask, leaves, torch.Generator().manual_seed(seed), "triton")
+    ref_leaves = [x.detach().float().requires_grad_() for x in leaves]
+    want = run(*ref_leaves, mask, ref_leaves, torch.Generator().manual_seed(seed), "reference")
+    for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
+        check_close(a.float(), b, name, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("family", [80, 90])
 @pytest.mark.parametrize("d", [32, 64])
 def test_float16_key_loop_backward_per_target(poisoned, gen, check_close, monkeypatch, family, d):
@@ -93,25 +105,13 @@ def test_float16_key_loop_backward_per_target(poisoned, gen, check_close, monkey
     (sm_90: 32 x 64 and 64 x 32 blocks per pass, sm_80: 32 x 32), and both give the reference's
     gradients within float16 rounding."""
     monkeypatch.setattr(tri, "target_family", lambda t: family)
-    leaves, (q, k, v) = make_qkv(gen, 1, 65, 65, 1, 1, 1, d, dtype=torch.float16)
-    mask = make_mask(gen, "bt", 1, 65, 1, 1)
-    got = run(q, k, v, mask, leaves, torch.Generator().manual_seed(2), "triton")
-    ref_leaves = [x.detach().float().requires_grad_() for x in leaves]
-    want = run(*ref_leaves, mask, ref_leaves, torch.Generator().manual_seed(2), "reference")
-    for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
-        check_close(a.float(), b, name, rtol=2e-2, atol=2e-2)
+    check_float16_against_reference(gen, check_close, 65, 1, d, "bt", seed=2)
 
 
 def test_float16_single_tile(poisoned, gen, check_close):
     """T = 64 fills the 64 x 64 single tile of the 16-bit dtypes: float16 forward and gradients
     match the reference computed in float32 from the same inputs, within float16 rounding."""
-    leaves, (q, k, v) = make_qkv(gen, 1, 64, 64, 1, 2, 1, 16, dtype=torch.float16)
-    mask = make_mask(gen, "bthw", 1, 64, 1, 2)
-    got = run(q, k, v, mask, leaves, torch.Generator().manual_seed(1), "triton")
-    ref_leaves = [x.detach().float().requires_grad_() for x in leaves]
-    want = run(*ref_leaves, mask, ref_leaves, torch.Generator().manual_seed(1), "reference")
-    for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
-        check_close(a.float(), b, name, rtol=2e-2, atol=2e-2)
+    check_float16_against_reference(gen, check_close, 64, 2, 16, "bthw", seed=1)
 
 
 def test_more_sequences_than_grid_axis_limit(poisoned, gen, check_close, monkeypatch):
