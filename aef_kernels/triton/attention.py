@@ -394,9 +394,9 @@ _BWD_LOOP = {80: {16: (*_SQUARE_32, 2), 32: (*_SQUARE_32, 2), 64: (*_SQUARE_32, 
 
 
 def _attn_config(t: str, d: int, backward: bool, single: bool, dq: bool = False, family: int = 90) -> dict:
-    """Constexprs and launch options of the forward (or backward) kernel for dtype ``t`` and head
-    dim ``d``; the launchers, the dispatcher's reasons and the AOT compilation all take them from
-    here. BLOCK_M is also the longest T of the single-tile path. Two stages: the key loop's K and V
+    """Constexprs and launch options of the forward (or backward) kernel for dtype ``t``, head dim
+    ``d``, path, backward pass and code family; the launchers and the AOT compilation take them from
+    here (the single-tile limit on T is _tile's, whatever the key loop's blocks). Two stages: the key loop's K and V
     tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89 (three stages need
     114 KB in the forward and 131 KB in the backward on sm_90)."""
     tile = _tile(t, backward)
