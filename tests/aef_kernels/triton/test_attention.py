@@ -86,26 +86,32 @@ def test_matches_reference(poisoned, gen, check_close, B, Tq, T, H, W, nh, d, fu
         assert (got[0][0, :, 0, 0] == 0).all()
 
 
-def check_float16_against_reference(gen, check_close, T, W, d, mask_kind, seed):
+def check_float16_against_reference(gen, check_close, T, W, d, mask_kind, seed, poison=None):
     """float16 forward and gradients of one sample (T frames, 1 x W pixels, one head) match the
-    reference computed in float32 from the same inputs, within float16 rounding."""
+    reference computed in float32 from the same inputs, within float16 rounding; with ``poison``,
+    the masked key frames of k and v hold it in the float16 run only (they must never be read)."""
     leaves, (q, k, v) = make_qkv(gen, 1, T, T, 1, W, 1, d, dtype=torch.float16)
     mask = make_mask(gen, mask_kind, 1, T, 1, W)
-    got = run(q, k, v, mask, leaves, torch.Generator().manual_seed(seed), "triton")
     ref_leaves = [x.detach().float().requires_grad_() for x in leaves]
+    if poison is not None:
+        with torch.no_grad():
+            for t in (k, v):
+                t[~mask] = poison
+    got = run(q, k, v, mask, leaves, torch.Generator().manual_seed(seed), "triton")
     want = run(*ref_leaves, mask, ref_leaves, torch.Generator().manual_seed(seed), "reference")
     for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
         check_close(a.float(), b, name, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("poison", [None, float("nan"), float("inf")])
 @pytest.mark.parametrize("family", [80, 90])
 @pytest.mark.parametrize("d", [32, 64])
-def test_float16_key_loop_backward_per_target(poisoned, gen, check_close, monkeypatch, family, d):
+def test_float16_key_loop_backward_per_target(poisoned, gen, check_close, monkeypatch, family, d, poison):
     """T = 65 runs the 16-bit key loop in both directions; its backward blocks differ per target
     (sm_90: 32 x 64 and 64 x 32 blocks per pass, sm_80: 32 x 32), and both give the reference's
-    gradients within float16 rounding."""
+    gradients within float16 rounding, also with NaN/Inf in the masked key frames."""
     monkeypatch.setattr(tri, "target_family", lambda t: family)
-    check_float16_against_reference(gen, check_close, 65, 1, d, "bt", seed=2)
+    check_float16_against_reference(gen, check_close, 65, 1, d, "bt", seed=2, poison=poison)
 
 
 def test_float16_single_tile(poisoned, gen, check_close):
