@@ -393,7 +393,7 @@ _BWD_LOOP = {80: {16: (*_SQUARE_32, 2), 32: (*_SQUARE_32, 2), 64: (*_SQUARE_32, 
              90: {16: (*_SQUARE_32, 2), 32: (*_WGMMA_64, 4), 64: (*_WGMMA_64, 4), 128: (*_WGMMA_64, 8)}}
 
 
-def _attn_config(t: str, d: int, backward: bool, single: bool, dq: bool = False, family: int = 90) -> dict:
+def _attn_config(t: str, d: int, backward: bool, single: bool, family: int, dq: bool = False) -> dict:
     """Constexprs and launch options of the forward (or backward) kernel for dtype ``t``, head dim
     ``d``, path, backward pass and code family; the launchers and the AOT compilation take them from
     here (the single-tile limit on T is _tile's, whatever the key loop's blocks). Two stages: the key loop's K and V

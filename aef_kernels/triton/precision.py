@@ -349,6 +349,7 @@ GN_PROGRAMS = 1024
 GN_TILE = 2048
 
 
+@functools.lru_cache(maxsize=None)
 def _gn_config(n: int, hw: int, c: int) -> dict:
     """Tile, chunk and launch options of the GroupNorm pixel passes for N = ``n`` frames of ``hw``
     pixels and ``c`` channels: S chunks of CHUNK pixels per frame, channel tiles of BLOCK_C."""
