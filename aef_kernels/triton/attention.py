@@ -52,12 +52,14 @@ from .common import TL_DTYPES, capability, launch, shared_memory_reasons, target
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Rows and columns of the forward's score tile, which is also the longest T (and Tq) of its
-# single-tile path; the backward takes TILES // _BWD_TILE_DIVISOR. Chosen from the faithful AOT
-# compile (benchmarks/notes/triton_aot.md): the backward's three accumulators and four operand
-# tiles of 16-bit inputs spill at 64 x 64 and fit at 32 x 32; float32 operands are twice as large
-# and split in three for tf32x3, and spill at 32 x 32 in both directions.
+# single-tile path; the backward's is _BWD_TILE's. Chosen from the faithful AOT compile
+# (benchmarks/notes/triton_aot.md): float32 operands are twice as large as 16-bit ones and split in
+# three for tf32x3, and spill at 32 x 32 in both directions.
 TILES = {"fp32": 16, "fp16": 64, "bf16": 64}
-_BWD_TILE_DIVISOR = {"fp32": 1, "fp16": 2, "bf16": 2}
+# The 16-bit backward's single tile per code family and head dim: its three gradients and four
+# operand tiles fit 64 x 64 at 4 warps on sm_90 up to d = 64 (one warpgroup: wgmma), and 32 x 32
+# elsewhere (64 rows spill 400 B on sm_80 at d = 64 and 160-700 B at d = 128).
+_BWD_TILE = {80: {16: 32, 32: 32, 64: 32, 128: 32}, 90: {16: 64, 32: 64, 64: 64, 128: 32}}
 # The most shared memory any configuration of these kernels takes per block, on sm_80-class and
 # sm_90-class code (tests/aef_kernels/triton/test_aot.py fails when a compiled one exceeds it).
 SHARED_BYTES = {80: 56 * 1024, 90: 80 * 1024}
@@ -141,14 +143,35 @@ def _fwd_tile(q, k, v, valid, qk_scale, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, DOT_PRECISION: tl.constexpr):
-    """dq, dk, dv of one single-tile score matrix."""
+def _store_gradient(ptr, rows, x, ok, wanted, dd, BLOCK_D: tl.constexpr, REDO: tl.constexpr):
+    """A single-tile gradient into rows ``rows`` where ``ok``. First pass: stored if it is finite;
+    returns 1 if it is not (not stored: the redo will). Redo: stored if ``wanted`` (1: the first
+    pass found it non-finite); returns ``wanted``."""
+    if REDO:
+        bad = wanted
+        if wanted != 0:
+            _store_rows(ptr, rows, x, ok, dd, BLOCK_D)
+    else:
+        bad = _any_nonfinite(x).to(tl.int32)
+        if bad == 0:
+            _store_rows(ptr, rows, x, ok, dd, BLOCK_D)
+    return bad
+
+
+@triton.jit
+def _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, dq_ptr, dk_ptr, dv_ptr, row, col, row_ok, col_in,
+              want_v, want_k, want_q, dd, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, REDO: tl.constexpr):
+    """dv, dk, dq of one single-tile score matrix, each stored (_store_gradient) as soon as it is
+    computed, so that only one of the three is live; returns (bad_v, bad_k, bad_q)."""
     p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION)
-    ds = ds.to(q.dtype)
     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+    bad_v = _store_gradient(dv_ptr, col, dv, col_in, want_v, dd, BLOCK_D, REDO)
+    ds = ds.to(q.dtype)
     dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale
+    bad_k = _store_gradient(dk_ptr, col, dk, col_in, want_k, dd, BLOCK_D, REDO)
     dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * scale
-    return dq, dk, dv
+    bad_q = _store_gradient(dq_ptr, row, dq, row_ok, want_q, dd, BLOCK_D, REDO)
+    return bad_v, bad_k, bad_q
 
 
 @triton.jit
@@ -169,6 +192,19 @@ def _slots(i, per, group, seqs, S, SINGLE: tl.constexpr):
 def _store_rows(ptr, rows, x, ok, dd, BLOCK_D: tl.constexpr):
     """x into rows ``rows`` of a contiguous (..., BLOCK_D) tensor, where ``ok``."""
     tl.store(ptr + (rows * BLOCK_D)[:, None] + dd[None, :], x.to(ptr.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, ok, dd, BLOCK_D: tl.constexpr):
+    """The normalised output and the log-sum-exp of rows ``row`` from the unnormalised ``acc``, the
+    row sums ``l_i`` and the finite row maxima ``m_safe`` (base-2 logits), where ``ok``."""
+    has_key = l_i > 0.0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    o = tl.where(has_key[:, None], acc / l_safe[:, None], 0.0)
+    # Natural-log LSE; +inf for a query without keys makes its backward probabilities exactly 0.
+    lse = tl.where(has_key, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))
+    _store_rows(o_ptr, row, o, ok, dd, BLOCK_D)
+    tl.store(lse_ptr + row, lse, mask=ok)
 
 
 @triton.jit
@@ -201,6 +237,7 @@ def _attn_fwd_kernel(
     v_base = b_c * svb + h_c * svh + w_c * svw + n_c * svn
     m_base = b_c * smb + h_c * smh + w_c * smw
 
+    row = (b_r * Tq + r_t) * HWN + hwn_r
     if SINGLE:
         _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t0, T, skt, svt, smt, dd)
         valid = (r_seq[:, None] == c_seq[None, :]) & col_ok[None, :]
@@ -209,14 +246,13 @@ def _attn_fwd_kernel(
             # P @ V multiplies the zero probabilities of other sequences' keys by their values, so
             # one sequence's inf reaches every row of the tile (0 * inf = NaN). Rare, so detected
             # rather than prevented: redo the tile once per sequence with the other sequences'
-            # values zeroed, keeping that sequence's rows.
+            # values zeroed and store that sequence's rows, one accumulator live at a time.
             for j in range(0, seqs):
-                on_r = r_seq == j
                 acc_j, l_j, m_j = _fwd_tile(q, k, tl.where((c_seq == j)[:, None], v, 0.0), valid, qk_scale,
                                             DOT_PRECISION)
-                acc = tl.where(on_r[:, None], acc_j, acc)
-                l_i = tl.where(on_r, l_j, l_i)
-                m_safe = tl.where(on_r, m_j, m_safe)
+                _store_output(o_ptr, lse_ptr, row, acc_j, l_j, m_j, row_ok & (r_seq == j), dd, BLOCK_D)
+        else:
+            _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, dd, BLOCK_D)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -234,15 +270,7 @@ def _attn_fwd_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
         m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-
-    has_key = l_i > 0.0
-    l_safe = tl.where(has_key, l_i, 1.0)
-    o = tl.where(has_key[:, None], acc / l_safe[:, None], 0.0)
-    # Natural-log LSE; +inf for a query without keys makes its backward probabilities exactly 0.
-    lse = tl.where(has_key, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))
-    row = (b_r * Tq + r_t) * HWN + hwn_r
-    _store_rows(o_ptr, row, o, row_ok, dd, BLOCK_D)
-    tl.store(lse_ptr + row, lse, mask=row_ok)
+        _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, dd, BLOCK_D)
 
 
 @triton.jit
@@ -289,24 +317,21 @@ def _attn_bwd_kernel(
         in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt,
                                             svt, smt, dd)
         valid = (r_seq[:, None] == c_seq[None, :]) & col_ok[None, :]
-        dq, dk, dv = _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, DOT_PRECISION)
-        if _any_nonfinite(dq) | _any_nonfinite(dk) | _any_nonfinite(dv):
+        col = (b_c * T + c_t0) * HWN + hwn_c
+        bad_v, bad_k, bad_q = _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, dq_ptr, dk_ptr, dv_ptr,
+                                        row, col, row_ok, in_range, 1, 1, 1, dd, BLOCK_D, DOT_PRECISION, False)
+        if bad_v + bad_k + bad_q > 0:
             # As in the forward: the dots multiply zero entries of P and dS by other sequences' q,
             # k and dO, so a non-finite one there reaches every sequence of the tile. Redo the tile
-            # once per sequence with the other sequences' operands zeroed.
+            # once per sequence with the other sequences' operands zeroed and store that sequence's
+            # rows of the gradients the first pass did not store.
             for j in range(0, seqs):
-                on_r = (r_seq == j)[:, None]
-                on_c = (c_seq == j)[:, None]
-                dq_j, dk_j, dv_j = _bwd_tile(tl.where(on_r, q, 0.0), tl.where(on_c, k, 0.0), v,
-                                             tl.where(on_r, do, 0.0), lse2, delta, valid, qk_scale, scale,
-                                             DOT_PRECISION)
-                dq = tl.where(on_r, dq_j, dq)
-                dk = tl.where(on_c, dk_j, dk)
-                dv = tl.where(on_c, dv_j, dv)
-        col = (b_c * T + c_t0) * HWN + hwn_c
-        _store_rows(dq_ptr, row, dq, row_ok, dd, BLOCK_D)
-        _store_rows(dk_ptr, col, dk, in_range, dd, BLOCK_D)
-        _store_rows(dv_ptr, col, dv, in_range, dd, BLOCK_D)
+                on_r = r_seq == j
+                on_c = c_seq == j
+                _bwd_tile(tl.where(on_r[:, None], q, 0.0), tl.where(on_c[:, None], k, 0.0), v,
+                          tl.where(on_r[:, None], do, 0.0), lse2, delta, valid, qk_scale, scale, dq_ptr, dk_ptr,
+                          dv_ptr, row, col, row_ok & on_r, in_range & on_c, bad_v, bad_k, bad_q, dd, BLOCK_D,
+                          DOT_PRECISION, True)
     elif not DQ:
         # dk, dv of one key block at a time, summed over every query block of the sequence.
         for kstart in range(0, T, kcols):
@@ -362,35 +387,36 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
 # once where that compiles without a spill on sm_80 and sm_90, read off the faithful AOT compile
 # (benchmarks/notes/triton_aot.md, 2026-12-02 and 2026-12-03). The 16-bit forward's 64-row tiles
 # take 4 warps (one warpgroup: wgmma on sm_90), except two single tiles: d = 16 spills 8 B on sm_80
-# at 4 and runs 2 there (_SM80_WARPS), d = 128 spills 240 B at 4 and runs 8 (rows duplicated on
-# sm_90). float32's 16-row tiles take 1 warp, except the d = 32 single tile (16 B spill on sm_90 at
-# 1: 2) and d = 128 (400-700 B spills below 8).
-# The 16-bit backward's 32-row single tile takes 2 warps, except d = 32 and 64 (40 B spills on sm_90
-# at 2: 4, every row computed twice at d = 32) and d = 128 (spills below 8); its key loop is
-# _BWD_LOOP below (square 64-row blocks there spilled 8-136 B in the dk/dv pass at d = 64 and 128).
-# The float32 backward at d = 128 spills at any count.
+# at 4 and runs 2 there (_SM80_WARPS), d = 128 spills 8 B (sm_90) and 64 B (sm_80) at 4 and runs 8
+# (rows duplicated on sm_90). float32's 16-row tiles take 1 warp, except the d = 32 single tile
+# (16 B spill on sm_90 at 1: 2) and d = 128 (400-700 B spills below 8).
+# The 16-bit backward's single tile (_BWD_TILE) takes 4 warps at 64 rows, on sm_80 2 at 32 rows up
+# to d = 32 and 4 at d = 64 (72 B spill at 2); d = 128 runs 8 (spills below 8); its key loop is
+# _BWD_LOOP below. The float32 backward at d = 128 spills at any count.
 _WARPS = {("16bit", False, True): (4, 4, 4, 8), ("16bit", False, False): (4, 4, 4, 4),
-          ("16bit", True, True): (2, 4, 4, 8),
+          ("16bit", True, True): (4, 4, 4, 8),
           ("fp32", False, True): (1, 2, 1, 8), ("fp32", False, False): (1, 1, 1, 8),
           ("fp32", True, True): (8, 8, 8, 8), ("fp32", True, False): (8, 8, 8, 8)}
-_SM80_WARPS = {("16bit", False, True): (2, 4, 4, 8)}
+_SM80_WARPS = {("16bit", False, True): (2, 4, 4, 8), ("16bit", True, True): (2, 2, 4, 8)}
 
 
-def _tile(t: str, backward: bool) -> int:
+def _tile(t: str, backward: bool, d: int, family: int) -> int:
     """Rows and columns of the score tile of dtype ``t``: also the longest T of the single-tile path."""
-    return TILES[t] // _BWD_TILE_DIVISOR[t] if backward else TILES[t]
+    return _BWD_TILE[family][d] if backward and t != "fp32" else TILES[t]
 
 
 # The 16-bit backward's key loop per code family and head dim: (query rows, key rows) of the dk/dv
 # pass's blocks, of the dq pass's, and warps. On sm_90 the pass's accumulators (dk and dv, or dq)
 # take 64 rows, a warpgroup's wgmma M, and the side it loops over 32: no spill, no duplicated warps
 # at d = 32 and 64. On sm_80 the same blocks put [4, 1] mma warps on the 32-row side (rows computed
-# twice) and spill 8 B at d = 32, so it keeps 32 x 32 at 2 warps; so does d = 16 on sm_90, whose
-# 32 x 16 operand tiles load 8 bytes a thread at 4 warps. d = 128 runs 8 warps (fewer spill).
+# twice) and spill 8 B at d = 32, so it keeps 32 x 32 at 2 warps. d = 16 on sm_90 takes 64 x 64
+# blocks at 4 warps: a 32 x 16 operand tile would load 8 bytes a thread. d = 128 runs 8 warps
+# (fewer spill).
 _SQUARE_32 = ((32, 32), (32, 32))
 _WGMMA_64 = ((32, 64), (64, 32))
+_SQUARE_64 = ((64, 64), (64, 64))
 _BWD_LOOP = {80: {16: (*_SQUARE_32, 2), 32: (*_SQUARE_32, 2), 64: (*_SQUARE_32, 2), 128: (*_SQUARE_32, 8)},
-             90: {16: (*_SQUARE_32, 2), 32: (*_WGMMA_64, 4), 64: (*_WGMMA_64, 4), 128: (*_WGMMA_64, 8)}}
+             90: {16: (*_SQUARE_64, 4), 32: (*_WGMMA_64, 4), 64: (*_WGMMA_64, 4), 128: (*_WGMMA_64, 8)}}
 
 
 def _attn_config(t: str, d: int, backward: bool, single: bool, family: int, dq: bool = False) -> dict:
@@ -399,7 +425,7 @@ def _attn_config(t: str, d: int, backward: bool, single: bool, family: int, dq: 
     here (the single-tile limit on T is _tile's, whatever the key loop's blocks). Two stages: the key loop's K and V
     tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89 (three stages need
     114 KB in the forward and 131 KB in the backward on sm_90)."""
-    tile = _tile(t, backward)
+    tile = _tile(t, backward, d, family)
     if backward and not single and t != "fp32":
         dkdv, dq_blocks, warps = _BWD_LOOP[family][d]
         rows, cols = dq_blocks if dq else dkdv
@@ -444,7 +470,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask
     S = B * H * W * NH
     if S == 0 or Tq == 0:
         return o, lse
-    cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], backward=False))
+    cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], False, d, target_family(q)))
     mask, mask_strides = _mask_args(key_padding_mask, q)
     n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
     grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
@@ -470,7 +496,7 @@ def _backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     delta = torch.empty((B, Tq, H, W, NH), dtype=torch.float32, device=q.device)
     launch(_attn_bwd_delta_kernel, (triton.cdiv(n_rows, DELTA_ROWS),), o, do, delta, n_rows,
            **_delta_config(d, o.element_size()))
-    cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], backward=True))
+    cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], True, d, target_family(q)))
     mask, mask_strides = _mask_args(key_padding_mask, q)
     groups = triton.cdiv(S, cfg.seqs)
     for dq_pass in (False,) if cfg.single else (False, True):
@@ -492,7 +518,7 @@ def _launch_reasons(q, k, v, key_padding_mask, scale) -> list[str]:
     """The grid and shared-memory limits of the configurations these inputs launch."""
     B, Tq, H, W, NH, d = q.shape
     for backward in (False, True):
-        cfg = _config(Tq, k.shape[1], _tile(TL_DTYPES[q.dtype], backward))
+        cfg = _config(Tq, k.shape[1], _tile(TL_DTYPES[q.dtype], backward, d, target_family(q)))
         groups = triton.cdiv(B * H * W * NH, cfg.seqs)
         programs = groups * (1 if cfg.single or backward else triton.cdiv(Tq, cfg.qrows))
         if programs > MAX_PROGRAMS:

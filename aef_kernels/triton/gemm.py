@@ -94,9 +94,10 @@ def _weight_grad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, 
                         M, HO, WO, CIN, COUT, F, G, CG, CHUNK,
                         CONV3X3: tl.constexpr, NORM_IN: tl.constexpr, ONE_FRAME: tl.constexpr,
                         DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr,
-                        BLOCK_CO: tl.constexpr):
+                        BLOCK_CO: tl.constexpr, CO_ROWS: tl.constexpr):
     """Partial dw[split, (r, s, ci), co] and db[split, co] over the output pixels of chunk ``split``
-    (grid axis 0); axis 1 walks window position x input-channel tiles, axis 2 output-channel tiles."""
+    (grid axis 0); axis 1 walks window position x input-channel tiles, axis 2 output-channel tiles.
+    CO_ROWS computes the tile transposed, dy^T a, with output channels on the dot's rows."""
     pid_s = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n = tl.program_id(2)
@@ -111,7 +112,10 @@ def _weight_grad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, 
     # The GEMM runs in the input's dtype; the gradient may arrive in float32 (the adjoint of the
     # bilinear gather), which the bias sum keeps.
     dot_ty = a_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    if CO_ROWS:
+        acc = tl.zeros((BLOCK_CO, BLOCK_CI), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
     db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     loc = tl.arange(0, BLOCK_M)
     for i in range(0, CHUNK, BLOCK_M):
@@ -137,11 +141,22 @@ def _weight_grad_kernel(a_ptr, dy_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, 
                                  G, CG, NORM_IN, ONE_FRAME, dot_ty)
         g = tl.load(dy_ptr + m0.to(tl.int64) * COUT + loc[:, None] * COUT + offs_co[None, :],
                     mask=m_ok[:, None] & co_ok[None, :], other=0.0)
-        acc = tl.dot(tl.trans(a), g.to(dot_ty), acc, input_precision=DOT_PREC)
+        if dot_ty == tl.float32:
+            # tf32 operands have no transposed shared-memory form, so this tile is transposed on its
+            # way there: the select keeps it in registers, loaded 16 bytes a thread, where the
+            # pipeliner would otherwise cp.async it straight into the transposed tile 4 bytes at a time.
+            a = tl.where(c_ok[None, :], a, 0.0)
+        if CO_ROWS:
+            acc = tl.dot(tl.trans(g.to(dot_ty)), a, acc, input_precision=DOT_PREC)
+        else:
+            acc = tl.dot(tl.trans(a), g.to(dot_ty), acc, input_precision=DOT_PREC)
         db += tl.sum(g.to(tl.float32), axis=0)
     part = pid_s.to(tl.int64) * F * F * CIN * COUT
-    tl.store(dw_ptr + part + (tap * CIN + cc)[:, None] * COUT + offs_co[None, :], acc,
-             mask=c_ok[:, None] & co_ok[None, :])
+    rows = tap * CIN + cc
+    if CO_ROWS:
+        tl.store(dw_ptr + part + rows[None, :] * COUT + offs_co[:, None], acc, mask=c_ok[None, :] & co_ok[:, None])
+    else:
+        tl.store(dw_ptr + part + rows[:, None] * COUT + offs_co[None, :], acc, mask=c_ok[:, None] & co_ok[None, :])
     # Every window/channel tile sees the same dy rows; only the first writes the bias partial.
     tl.store(db_ptr + pid_s.to(tl.int64) * COUT + offs_co, db, mask=co_ok & ((offs_co * 0 + pid_k) == 0))
 
@@ -174,5 +189,7 @@ def weight_grad(a: torch.Tensor, dy: torch.Tensor, F: int, *, conv3x3: bool, cfg
     launch(_weight_grad_kernel, (split, F * F * ci_tiles, co_tiles),
            a, dy, mean, rstd, gamma, beta, dw, db, M, HO, WO, cin, cout, F, G, cin // G, chunk,
            CONV3X3=conv3x3, NORM_IN=norm is not None,
-           ONE_FRAME=norm is not None and (HO * WO) % cfg["BLOCK_M"] == 0, DOT_PREC=dot_precision(a.dtype), **cfg)
+           ONE_FRAME=norm is not None and (HO * WO) % cfg["BLOCK_M"] == 0, DOT_PREC=dot_precision(a.dtype),
+           # wgmma takes 64 rows a warpgroup: an input-channel tile under 64 goes on the dot's columns.
+           CO_ROWS=cfg["BLOCK_CI"] < min(64, cfg["BLOCK_CO"]), **cfg)
     return dw.sum(0), db.sum(0)

@@ -329,11 +329,12 @@ def _tile_warps(bm: int, bn: int, bk: int, dtype: torch.dtype) -> int:
 
 def _wgrad_config(cin: int, cout: int, dtype: torch.dtype) -> dict:
     wide = dtype != torch.float32
-    # float32 at 16 rows (32 spill on sm_80) and 4 warps (8 cover the 64-row dw tiles twice); its
-    # stages: two spill 8 B on sm_90 at C = 96, three spill 8 B on sm_80 at C = 128 (both operands
-    # >= 128 channels). Faithful AOT, benchmarks/notes/triton_aot.md.
+    # float32 at 16 rows (32 spill on sm_80), 32 at C = 16 (16 x 16 float32 tiles are 8 bytes a
+    # thread), and 4 warps (8 cover the 64-row dw tiles twice); its stages: two spill 8 B on sm_90
+    # at C = 96, three spill 8 B on sm_80 at C = 128 (both operands >= 128 channels). Faithful AOT,
+    # benchmarks/notes/triton_aot.md.
     stages = 3 if wide or min(cin, cout) < 128 else 2
-    bm, bci, bco = 64 if wide else 16, tile_size(cin, 16, 64), tile_size(cout, 16, 128)
+    bm, bci, bco = 64 if wide else 32 if min(cin, cout) <= 16 else 16, tile_size(cin, 16, 64), tile_size(cout, 16, 128)
     return dict(BLOCK_M=bm, BLOCK_CI=bci, BLOCK_CO=bco, num_warps=4 if not wide else _tile_warps(bm, bco, bci, dtype),
                 num_stages=stages)
 

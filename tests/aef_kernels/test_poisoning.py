@@ -69,8 +69,8 @@ def _attention(backend, mask):
     return lambda q, k, v: K.axial_time_attention(q, k, v, key_padding_mask=mask.to(DEVICE), backend=backend)
 
 
-# (Tq, T, heads, d): the float32 tile is 32 x 32, so T = 5 packs all 4 pixels (and both heads) into
-# one single-tile program, Tq = 1 is the summarizer's query, T = 40 takes the key loop.
+# (Tq, T, heads, d): the float32 tile is 16 x 16, so T = 5 packs two pixels (or one pixel's two
+# heads) into one single-tile program, Tq = 1 is the summarizer's query, T = 40 takes the key loop.
 ATTENTION_SHAPES = [(5, 5, 1, 16), (1, 5, 2, 16), (3, 7, 1, 32), (40, 40, 1, 16)]
 
 

@@ -1,8 +1,8 @@
 """Triton axial time attention against the reference: forward and gradients.
 
-On CPU this runs under the Triton interpreter in float32, where the score tile is 32 x 32 (so T <= 32
-takes the single-tile path and longer sequences the key loop); one float16 case covers the 64 x 64
-tile of the 16-bit dtypes. Outputs are NaN-poisoned so an unwritten element fails.
+On CPU this runs under the Triton interpreter in float32, where the score tile is 16 x 16 (so T <= 16
+takes the single-tile path and longer sequences the key loop); float16 cases cover the 64 x 64
+tiles of the 16-bit dtypes. Outputs are NaN-poisoned so an unwritten element fails.
 """
 
 import pytest
@@ -118,6 +118,35 @@ def test_float16_single_tile(poisoned, gen, check_close):
     """T = 64 fills the 64 x 64 single tile of the 16-bit dtypes: float16 forward and gradients
     match the reference computed in float32 from the same inputs, within float16 rounding."""
     check_float16_against_reference(gen, check_close, 64, 2, 16, "bthw", seed=1)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+@pytest.mark.parametrize("operand", ["q", "k", "v", "dout"])
+def test_float16_single_tile_poisoned_sequence(poisoned, gen, check_close, poison, operand):
+    """A NaN/Inf at a valid frame of one sequence (pixel 2 of 8, T = 8: the 16-bit single tiles pack
+    all eight) is redone per sequence: the other sequences' outputs and gradients stay finite and
+    match the float32 reference within float16 rounding."""
+    leaves = make_qkv(gen, 1, 8, 8, 1, 8, 1, 32, dtype=torch.float16)[0]
+    ref_leaves = [x.detach().float().requires_grad_() for x in leaves]
+    cot = torch.randn(leaves[0].shape, generator=gen)
+
+    def outputs(inputs, backend, cot):
+        o = K.axial_time_attention(*inputs, key_padding_mask=None, backend=backend)
+        return (o, *torch.autograd.grad(o, inputs, cot.to(o)))
+
+    want = outputs(ref_leaves, "reference", cot)
+    spot = (0, 7, 0, 2, 0, 5)
+    if operand == "dout":
+        cot = cot.clone()
+        cot[spot] = poison
+    else:
+        with torch.no_grad():
+            leaves[("q", "k", "v").index(operand)][spot] = poison
+    got = outputs(leaves, "triton", cot)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
+        for w in (0, 1, 3, 4, 5, 6, 7):
+            assert torch.isfinite(a[:, :, :, w]).all(), f"{operand} poisoned: {name} of pixel {w} is not finite"
+            check_close(a[:, :, :, w].float(), b[:, :, :, w], f"{name} pixel {w}", rtol=2e-2, atol=2e-2)
 
 
 def test_more_sequences_than_grid_axis_limit(poisoned, gen, check_close, monkeypatch):
