@@ -22,7 +22,9 @@
 //
 // Products are mma.sync m16n8k16 (row.col) with float32 accumulation for float16 and bfloat16;
 // float32 inputs run the same code through an exact-float32 emulation of that instruction with the
-// same fragment layout, so one kernel body serves all dtypes.
+// same fragment layout, so one kernel body serves all dtypes. float16 and bfloat16 read their B
+// fragments from the shared tiles with ldmatrix (.trans for the operands a product reads down their
+// columns: V in P V, and the backward's dS and P products), float32 with plain loads.
 //
 // Fragment layout of m16n8k16 (PTX ISA, "Matrix fragments for mma.m16n8k16"), with lane = 4g + t:
 //   A (16 x 16): v[0..1] = A[g][2t..2t+1],     v[2..3] = A[g+8][2t..2t+1],
@@ -278,13 +280,18 @@ __device__ __forceinline__ void stage(T* dst, const T* src, int64_t src_stride, 
   }
 }
 
+// The shared-window address of a pointer into shared memory, as cp.async and ldmatrix take it.
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 // 16 bytes from global src to shared dst without a round trip through registers (LDGSTS); the
 // first src_bytes are copied and the rest zero-filled, so src_bytes = 0 stores zeros and reads
 // nothing. Visible to the block after cp_async_wait and a barrier.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, uint32_t src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                :
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst))), "l"(src), "r"(src_bytes)
+               : "r"(shared_address(dst)), "l"(src), "r"(src_bytes)
                : "memory");
 }
 
@@ -412,6 +419,47 @@ __device__ __forceinline__ FragB<T> load_b_cols(const T* col, int t) {
   return b;
 }
 
+// ldmatrix (16-bit tiles only): lanes 8i .. 8i + 7 give the addresses of rows 0-7 of 8 x 8 matrix i
+// (16 bytes each, 16-byte aligned: tile_stride keeps every row start so), and register i of lane
+// 4g + t receives elements 2t, 2t + 1 of row g of matrix i, the even one in the low half; with .trans
+// those of column g. That is the B fragment layout above: one matrix per half of the k range, with
+// one instruction in place of a thread's two 4-byte or four 2-byte loads per fragment.
+
+// The B fragments of Y^T (as load_b_rows) for k chunks 16c and 16c + 16 of rows 8j.. of a row-major
+// Y: lane l gives row 8j + (l & 7), columns 16c + 8 (l >> 3) ..; `row` is that address.
+template <typename T>
+__device__ __forceinline__ void load_b_rows_x2(FragB<T> (&b)[2], const T* row) {
+  uint32_t r[4];
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row)));
+  memcpy(b, r, sizeof(r));
+}
+
+// One B fragment of Y^T (as load_b_rows) for d = 16: lane l < 16 gives row 8j + (l & 7), columns
+// 8 (l >> 3) ..; the addresses of lanes 16-31 are not read.
+template <typename T>
+__device__ __forceinline__ FragB<T> load_b_rows_x1(const T* row) {
+  uint32_t r[2];
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(shared_address(row)));
+  FragB<T> b;
+  memcpy(&b, r, sizeof(r));
+  return b;
+}
+
+// The B fragments of Y (as load_b_cols) for output tiles 8i and 8i + 8 of a 16-row slice of a
+// row-major Y, transposed on the way: lane l gives row l & 15, columns 8i + 8 (l >> 4) ..
+template <typename T>
+__device__ __forceinline__ void load_b_cols_x2(FragB<T> (&b)[2], const T* row) {
+  uint32_t r[4];
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row)));
+  memcpy(b, r, sizeof(r));
+}
+
 // The A fragment of the 16 x 16 matrix whose columns 0-7 are C tile c0 and 8-15 are c1.
 template <typename T>
 __device__ __forceinline__ FragA<T> a_from_c(const float (&c0)[4], const float (&c1)[4]) {
@@ -473,24 +521,51 @@ __device__ __forceinline__ void mma(float (&c)[4], const FragA<float>& a, const 
 template <typename T, int D, int kTiles>
 __device__ __forceinline__ void rows_by_cols(float (&acc)[kTiles][4], const FragA<T> (&a)[D / 16], const T* y,
                                              int64_t n_cols) {
-  const int g = (threadIdx.x & 31) >> 2;
-  const int t = threadIdx.x & 3;
+  const int lane = threadIdx.x & 31;
+  constexpr int kStride = tile_stride<T, D>();
+  if constexpr (sizeof(T) == 2 && D >= 32) {
+    // Two k chunks per ldmatrix; acc[j] still sums its chunks in order c = 0, 1, ...
 #pragma unroll
-  for (int c = 0; c < D / 16; ++c)
+    for (int c = 0; c < D / 16; c += 2)
 #pragma unroll
-    for (int j = 0; j < kTiles; ++j) {
-      if (j * 8 >= n_cols) continue;  // warp-uniform: such tiles get probability 0
-      mma(acc[j], a[c], load_b_rows(y + (j * 8 + g) * tile_stride<T, D>() + c * 16, t));
-    }
+      for (int j = 0; j < kTiles; ++j) {
+        if (j * 8 >= n_cols) continue;  // warp-uniform: such tiles get probability 0
+        FragB<T> b[2];
+        load_b_rows_x2(b, y + (j * 8 + (lane & 7)) * kStride + c * 16 + (lane >> 3) * 8);
+        mma(acc[j], a[c], b[0]);
+        mma(acc[j], a[c + 1], b[1]);
+      }
+  } else {
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        if (j * 8 >= n_cols) continue;
+        if constexpr (sizeof(T) == 2)
+          mma(acc[j], a[c], load_b_rows_x1(y + (j * 8 + (lane & 7)) * kStride + ((lane >> 3) & 1) * 8));
+        else
+          mma(acc[j], a[c], load_b_rows(y + (j * 8 + (lane >> 2)) * kStride + c * 16, lane & 3));
+      }
+  }
 }
 
 // acc[i] += A Y[0..15][8i .. 8i + 7] over the D columns of the 16-row slice `y` of a shared tile.
 template <typename T, int D, int kOut>
 __device__ __forceinline__ void accumulate_rows(float (&acc)[kOut][4], const FragA<T>& a, const T* y) {
-  const int g = (threadIdx.x & 31) >> 2;
-  const int t = threadIdx.x & 3;
+  const int lane = threadIdx.x & 31;
+  if constexpr (sizeof(T) == 2) {
+    static_assert(kOut % 2 == 0, "ldmatrix .x4 loads the B fragments of two output tiles");
 #pragma unroll
-  for (int i = 0; i < kOut; ++i) mma(acc[i], a, load_b_cols<T, D>(y + i * 8 + g, t));
+    for (int i = 0; i < kOut; i += 2) {
+      FragB<T> b[2];
+      load_b_cols_x2(b, y + (lane & 15) * tile_stride<T, D>() + (i + (lane >> 4)) * 8);
+      mma(acc[i], a, b[0]);
+      mma(acc[i + 1], a, b[1]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kOut; ++i) mma(acc[i], a, load_b_cols<T, D>(y + i * 8 + (lane >> 2), lane & 3));
+  }
 }
 
 // Reductions over the quad of lanes that shares a tile row.

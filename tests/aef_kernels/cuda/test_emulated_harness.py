@@ -1,7 +1,8 @@
 """The SIMT emulator itself: it reports each way a kernel can break the CUDA execution model (a
 collective reached by part of a warp, a partial shuffle mask, divergent collectives, a barrier
-after threads exited, a deadlock, an invalid launch, a misaligned access), its shuffles and conversions compute what
-CUDA defines, its mma fragment layout owns every element once, and a kernel source with one index
+after threads exited, a deadlock, an invalid launch, a misaligned access, a bad ldmatrix row
+address), its shuffles, ldmatrix and conversions compute what CUDA defines, its mma fragment layout
+owns every element once, and a kernel source with one index
 broken (one per kernel family, plus a missing barrier) fails the emulated tests."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(bool(emulator.UNAVAILABLE), reason=f"emulator: {
 
 # selftest.cu, enum Probe.
 (PARTIAL_WARP, PARTIAL_MASK, BARRIER_AFTER_EXIT, DEADLOCK, DIVERGENT, GRID_Y, BLOCK, RACE, SHUFFLES, BLOCK_SUM,
- MISALIGNED) = range(11)
+ MISALIGNED, LDMATRIX, LDMATRIX_MISALIGNED, LDMATRIX_OUTSIDE) = range(14)
 CUDA_ERROR_INVALID_CONFIGURATION, CUDA_ERROR_MISALIGNED_ADDRESS, CUDA_ERROR_LAUNCH_FAILURE = 9, 716, 719
 
 
@@ -38,8 +39,10 @@ def _probe(emu, which, seed=1):
     (GRID_Y, CUDA_ERROR_INVALID_CONFIGURATION, "grid y = 65536"),
     (BLOCK, CUDA_ERROR_INVALID_CONFIGURATION, "1025 threads"),
     (MISALIGNED, CUDA_ERROR_MISALIGNED_ADDRESS, "float4' needs 16-byte alignment"),
+    (LDMATRIX_MISALIGNED, CUDA_ERROR_MISALIGNED_ADDRESS, "misaligned ldmatrix row address"),
+    (LDMATRIX_OUTSIDE, CUDA_ERROR_LAUNCH_FAILURE, "ldmatrix row address past the kernels' shared memory (lane 9)"),
 ], ids=["partial_warp", "partial_mask", "barrier_after_exit", "deadlock", "divergent", "grid_y", "block_size",
-        "misaligned"])
+        "misaligned", "ldmatrix_misaligned", "ldmatrix_outside"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_rule_broken_is_reported(emu, which, status, message, seed):
     """The launch returns the CUDA error a GPU would give (a launch failure for a fault inside the
@@ -100,6 +103,36 @@ def test_shuffles_follow_the_cuda_definition(emu):
             assert got[warp * 32: warp * 32 + 32, i].tolist() == _cuda_shuffle(values, kind, arg, width), (kind, width)
 
 
+def _ldmatrix_reference(tile, rows, count, trans):
+    """PTX ISA ("Warp-level matrix load instruction: ldmatrix", fragment layout of .m8n8 .b16): lanes
+    8i .. 8i + 7 give the addresses of rows 0-7 of matrix i; register i of lane 4g + t holds elements
+    (g, 2t) and (g, 2t + 1) of matrix i, the first in the low 16 bits; .trans: (2t, g) and (2t + 1, g)."""
+    out = [[0] * 4 for _ in range(32)]
+    for i in range(count):
+        m = [tile[rows[8 * i + j]] for j in range(8)]
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            lo, hi = (m[2 * t][g], m[2 * t + 1][g]) if trans else (m[g][2 * t], m[g][2 * t + 1])
+            out[lane][i] = lo | hi << 16
+    return out
+
+
+def test_ldmatrix_follows_the_ptx_layout(emu):
+    """Every ldmatrix form (.x1, .x2, .x4, with and without .trans) gives each lane the registers the
+    PTX ISA's fragment layout defines, from rows whose addresses the lanes supply in a permuted
+    order (two warps, 32 rows each), and reads no address of a lane the form leaves out (those
+    point past shared memory)."""
+    status, failures, out = _probe(emu, LDMATRIX)
+    assert status == 0 and not failures, failures
+    got = out[: 64 * 24].view(torch.int32).view(64, 6, 4)
+    tile = [[r * 8 + c for c in range(8)] for r in range(64)]
+    for warp in range(2):
+        rows = [warp * 32 + (lane * 5 + 3) % 32 for lane in range(32)]
+        for form, (count, trans) in enumerate([(1, False), (2, False), (4, False), (1, True), (2, True), (4, True)]):
+            want = torch.tensor(_ldmatrix_reference(tile, rows, count, trans), dtype=torch.int64).to(torch.int32)
+            assert torch.equal(got[warp * 32: warp * 32 + 32, form], want), (warp, count, trans)
+
+
 def test_a_race_shows_as_schedule_dependence(emu):
     """A shared-memory read with no barrier after the write it needs gives different results under
     different schedules (the write's value, or the NaN poison of unwritten shared memory), which
@@ -149,6 +182,10 @@ MUTATIONS = {
     "attention_fwd": ("axial_attention.cu",
                       "valid |= unsigned(key_valid(p, ms, kb + j * 8 + 2 * t + e)) << (2 * j + e);",
                       "valid |= unsigned(key_valid(p, ms, kb + j * 8 + 2 * t + 1 - e)) << (2 * j + e);"),
+    # The V-type B fragments (V; C1 and C2 in the backward) read with ldmatrix without .trans: each
+    # lane gets a row of the tile where the mma wants a column.
+    "attention_ldmatrix": ("axial_attention.cuh", "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+                           "ldmatrix.sync.aligned.m8n8.x4.shared.b16"),
     # The 16-column slice of dS and P multiplied with the C rows of the slice half a step earlier.
     "attention_bwd": ("axial_attention_bwd.cu", "const int64_t y0 = cb + c * 16;", "const int64_t y0 = cb + c * 8;"),
     # A group's statistics merged from the partials one channel to the right.

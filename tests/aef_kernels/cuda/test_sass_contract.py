@@ -18,6 +18,10 @@ Rules, for every kernel of every family (``FAMILIES``), per dtype and architectu
 - ``cp_async``: the 16-byte-staged attention kernels copy their column blocks (K and V; Q and dO in
   the dk/dv pass) to shared memory with cp.async, double-buffered where shared memory allows: the
   SASS has LDGSTS. The VEC = 1 variants load through registers and are exempt.
+- ``ldmatrix``: the 16-bit attention kernels (both staging variants: they share the fragment
+  loads) read their B fragments from the shared tiles with ldmatrix (LDSM in the SASS), transposed
+  for the V-type operands, instead of per-thread 2- and 4-byte LDS. float32 keeps plain loads (its
+  products are an FMA emulation with no ldmatrix form).
 
 Breaches that exist today are declared in ``KNOWN_BREACHES`` with the reason and the item of issue
 15 that removes them; each is a strict xfail. Every entry was read off the SASS of the build this
@@ -39,8 +43,8 @@ import pytest
 ARCHS = ("sm_80", "sm_90")
 DTYPES = {"13__nv_bfloat16": "bf16", "6__half": "fp16", "f": "fp32"}
 ALL, FLOAT = ("bf16", "fp16", "fp32"), ("fp32",)
-# family -> (its dtypes, whether it is a matrix kernel: the hmma, wide_kv and cp_async rules
-# apply). The GroupNorm statistics kernels work on float2 partial sums whatever the input's dtype.
+# family -> (its dtypes, whether it is a matrix kernel: the hmma, wide_kv, cp_async and ldmatrix
+# rules apply). The GroupNorm statistics kernels work on float2 partial sums whatever the input's dtype.
 FAMILIES = {
     "axial_attention_fwd": (ALL, True),
     "axial_attention_bwd": (ALL, True),
@@ -60,7 +64,8 @@ FAMILIES = {
     "batch_uniformity_fwd_sum": (ALL, False),
     "batch_uniformity_bwd": (ALL, False),
 }
-RULES = ("no_local", "hmma", "wide_kv", "cp_async")
+RULES = ("no_local", "hmma", "wide_kv", "cp_async", "ldmatrix")
+LDS = r"LDS(\..*)?"  # plain shared loads; LDSM (ldmatrix) is counted on its own
 
 # (family, dtype, arch, rule) -> (why it breaches, the issue 15 item that fixes it)
 KNOWN_BREACHES: dict[tuple[str, str, str, str], tuple[str, str]] = {}
@@ -170,13 +175,13 @@ def _widths(k: Kernel) -> str:
 
 def table(kernels: list[Kernel]) -> str:
     lines = ["\nstatic performance contract of the CUDA build (SASS, sm_80 and sm_90)",
-             f"{'kernel':<44} {'arch':<5} {'regs':>4} {'stack':>5} {'LDL/STL':>7} {'HMMA':>5} {'LDS/LDSM':>8} "
-             f"{'LDGSTS':>6}  "
+             f"{'kernel':<44} {'arch':<5} {'regs':>4} {'stack':>5} {'LDL/STL':>7} {'HMMA':>5} {'LDS':>5} "
+             f"{'LDSM':>5} {'LDGSTS':>6}  "
              "global loads by width (B:count)"]
     for k in kernels:
         lines.append(f"{k.label:<44} {k.arch:<5} {k.registers:>4} {k.stack + k.local:>5} "
-                     f"{k.count(r'(LDL|STL).*'):>7} {k.count(r'H(G)?MMA.*'):>5} {k.count(r'LDS.*'):>8} "
-                     f"{k.count(r'LDGSTS.*'):>6}  {_widths(k)}")
+                     f"{k.count(r'(LDL|STL).*'):>7} {k.count(r'H(G)?MMA.*'):>5} {k.count(LDS):>5} "
+                     f"{k.count(r'LDSM.*'):>5} {k.count(r'LDGSTS.*'):>6}  {_widths(k)}")
     known = "\n".join(f"  {f} {d} {a} {r}: {why} -> {fix}" for (f, d, a, r), (why, fix) in KNOWN_BREACHES.items())
     return "\n".join(lines) + "\nknown breaches:\n" + known
 
@@ -197,6 +202,8 @@ def breaches(k: Kernel, rule: str) -> list[str]:
         if k.params[-1] == 1:
             return []
         return [] if k.count(r"LDGSTS.*") else [f"no LDGSTS ({_widths(k)})"]
+    if rule == "ldmatrix":
+        return [] if k.dtype == "fp32" or k.count(r"LDSM.*") else [f"no LDSM ({k.count(LDS)} LDS)"]
     raise ValueError(rule)
 
 
@@ -243,6 +250,19 @@ def test_sass_parser_counts_opcodes_per_function_and_arch():
     assert parsed[("sm_90", "_Z1fv")] == collections.Counter({"LDG.E.128": 1, "LDL.64": 1, "HMMA.16816.F32.BF16": 1})
     assert parsed[("sm_90", "_Z1gv")] == collections.Counter({"STL": 1})
     assert parsed[("sm_80", "_Z1fv")] == collections.Counter({"LDG.E.U16": 1})
+
+
+def test_the_ldmatrix_rule_fails_without_ldmatrix(kernels):
+    """Each 16-bit attention kernel of the build with its LDSM instructions turned into plain LDS
+    (what the kernels were before) breaches ``ldmatrix``, as it holds it unchanged: the rule reads
+    the instruction, not something every kernel has."""
+    matrix = [k for k in kernels if FAMILIES[k.family][1] and k.dtype != "fp32"]
+    assert matrix, "no 16-bit attention kernel in the build"
+    for k in matrix:
+        assert not breaches(k, "ldmatrix"), k.label
+        ops = collections.Counter({("LDS" + op[4:] if op.startswith("LDSM") else op): n for op, n in k.ops.items()})
+        without = Kernel(k.name, k.family, k.dtype, k.params, k.arch, k.registers, k.stack, k.local, ops)
+        assert breaches(without, "ldmatrix"), f"{k.label} ({k.arch}) without LDSM holds the ldmatrix rule"
 
 
 def test_every_kernel_belongs_to_a_declared_family_and_dtype(kernels):

@@ -1,7 +1,8 @@
 """Source-to-source rewrite of the constructs host C++ cannot compile: a kernel launch
 ``kernel<<<grid, block, smem, stream>>>(args)`` becomes a call of ``aef_emu::launch``; the
 ``mma.sync.aligned.m16n8k16`` inline assembly becomes a call of the emulated warp collective with
-the same operands, and the 16-byte ``cp.async`` copy with its ``commit_group`` / ``wait_group``
+the same operands, ``ldmatrix`` into a call of the emulated warp collective that reads the
+lanes' row addresses, and the 16-byte ``cp.async`` copy with its ``commit_group`` / ``wait_group``
 calls of the runtime's immediate copy and of no-ops. Everything else is left byte for byte,
 newlines included, so that compiler messages and the emulator's failure reports point at the
 original lines."""
@@ -14,6 +15,7 @@ _MMA = re.compile(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.(f1
 _KINDS = {"f16": "::aef_emu::kMmaF16", "bf16": "::aef_emu::kMmaBF16"}
 _OPERAND = re.compile(r'^\s*"([^"]*)"\s*\((.*)\)\s*$', re.S)
 _CP_ASYNC = re.compile(r"cp\.async\.cg\.shared\.global\s+\[%(\d+)\],\s*\[%(\d+)\],\s*16,\s*%(\d+);?$")
+_LDMATRIX = re.compile(r"ldmatrix\.sync\.aligned\.m8n8\.x(1|2|4)(\.trans)?\.shared\.b16\s+\{([^}]*)\},\s*\[%(\d+)\];?$")
 _COMMIT = re.compile(r"cp\.async\.commit_group;?$")
 _WAIT = re.compile(r"cp\.async\.wait_group\s+%(\d+);?$")
 
@@ -163,8 +165,29 @@ def _cp_async_call(template: str, operands: list[tuple[str, str]]) -> str | None
     return None
 
 
-def _rewrite_asm(src: str) -> tuple[str, int, int]:
-    out, pos, count, asyncs = [], 0, 0, 0
+def _ldmatrix_call(template: str, operands: list[tuple[str, str]]) -> str | None:
+    """The emulated warp collective for an ldmatrix statement (a block), or None if ``template`` is
+    not one."""
+    m = _LDMATRIX.match(template)
+    if m is None:
+        return None
+    count = int(m.group(1))
+    regs = [int(r.strip().lstrip("%")) for r in m.group(3).split(",")]
+    if len(regs) != count:
+        raise RewriteError(f"ldmatrix .x{count} writes {count} registers: {template!r}")
+    for i in regs:
+        if operands[i][0] != "=r":
+            raise RewriteError(f"ldmatrix destination %{i} is not a 32-bit output (\"=r\"): {template!r}")
+    constraint, addr = operands[int(m.group(4))]
+    if constraint != "r":
+        raise RewriteError(f"ldmatrix takes a 32-bit shared address (\"r\"): {template!r}")
+    stores = " ".join(f"{operands[r][1]} = aef_emu_r_[{i}];" for i, r in enumerate(regs))
+    return (f"{{ uint32_t aef_emu_r_[4]; ::aef_emu::ldmatrix({count}, {'true' if m.group(2) else 'false'}, "
+            f"aef_emu_r_, static_cast<uint32_t>({addr})); {stores} }}")
+
+
+def _rewrite_asm(src: str) -> tuple[str, int, int, int]:
+    out, pos, count, asyncs, ldsm = [], 0, 0, 0, 0
     pattern = re.compile(r"\basm\s*(volatile\s*)?\(")
     while True:
         m = pattern.search(src, pos)
@@ -187,6 +210,8 @@ def _rewrite_asm(src: str) -> tuple[str, int, int]:
         mm = _MMA.match(template)
         if call is not None:
             asyncs += 1
+        elif (call := _ldmatrix_call(template, operands)) is not None:
+            ldsm += 1
         elif not mm or mm.group(1) != mm.group(2):
             raise RewriteError(f"inline assembly the emulator cannot translate: {template!r}")
         else:
@@ -200,13 +225,13 @@ def _rewrite_asm(src: str) -> tuple[str, int, int]:
         out += [src[pos:m.start()], call, "\n" * body.count("\n")]
         pos = semi + 1
     out.append(src[pos:])
-    return "".join(out), count, asyncs
+    return "".join(out), count, asyncs, ldsm
 
 
 def rewrite(src: str, path: str) -> tuple[str, dict[str, int]]:
-    """The emulator's version of one source file, and how many launches, mma and cp.async
-    statements it translated. ``path`` is what ``#line`` names, so diagnostics cite the original
+    """The emulator's version of one source file, and how many launches, mma, cp.async and
+    ldmatrix statements it translated. ``path`` is what ``#line`` names, so diagnostics cite the original
     file."""
     text, launches = _rewrite_launches(src)
-    text, mmas, asyncs = _rewrite_asm(text)
-    return f'#line 1 "{path}"\n{text}', {"launches": launches, "mma": mmas, "cp_async": asyncs}
+    text, mmas, asyncs, ldsm = _rewrite_asm(text)
+    return f'#line 1 "{path}"\n{text}', {"launches": launches, "mma": mmas, "cp_async": asyncs, "ldmatrix": ldsm}

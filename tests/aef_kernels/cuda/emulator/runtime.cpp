@@ -1,5 +1,5 @@
 // The SIMT emulator's runtime: fibers for the threads of a block, a randomised scheduler, the warp
-// collectives (shuffles, mma.m16n8k16) and __syncthreads as rendezvous points, the failure log, and
+// collectives (shuffles, mma.m16n8k16, ldmatrix) and __syncthreads as rendezvous points, the failure log, and
 // the parts of the CUDA runtime API the launchers call.
 //
 // A block runs as one fiber per thread on the calling OS thread. A fiber runs until it reaches a
@@ -98,6 +98,7 @@ struct Fiber {
   uint64_t value = 0, result = 0;
   uint32_t a[4] = {}, b[2] = {};
   float c[4] = {}, d[4] = {};
+  uint32_t r[4] = {};  // ldmatrix's destination registers
 };
 
 struct Warp {
@@ -206,6 +207,7 @@ const char* kind_name(int kind) {
     case kShflXor: return "__shfl_xor_sync";
     case kMmaF16: return "mma.m16n8k16 (f16)";
     case kMmaBF16: return "mma.m16n8k16 (bf16)";
+    case kLdmatrix: return "ldmatrix";
     default: return "?";
   }
 }
@@ -301,6 +303,25 @@ void resolve_mma(Fiber* const* lanes, int kind) {
   }
 }
 
+// PTX ldmatrix.m8n8 (PTX ISA, "Warp-level matrix load instruction: ldmatrix", and its figure of the
+// fragment layout for .b16): lanes 8i .. 8i + 7 hold the addresses of rows 0-7 of matrix i (16 bytes
+// of 8 elements each; ldmatrix() checked them), the other lanes' addresses are not read; register i
+// of lane 4g + t receives elements (g, 2t) and (g, 2t + 1) of matrix i, the first in the low half,
+// or with .trans elements (2t, g) and (2t + 1, g) (the matrix read column-major).
+void resolve_ldmatrix(Fiber* const* lanes, int count, bool trans) {
+  uint16_t m[4][8][8];
+  for (int i = 0; i < count; ++i)
+    for (int row = 0; row < 8; ++row) std::memcpy(m[i][row], __start_aef_emu_shared + lanes[8 * i + row]->value, 16);
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, t = lane % 4;
+    for (int i = 0; i < count; ++i) {
+      const uint16_t lo = trans ? m[i][2 * t][g] : m[i][g][2 * t];
+      const uint16_t hi = trans ? m[i][2 * t + 1][g] : m[i][g][2 * t + 1];
+      lanes[lane]->r[i] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+    }
+  }
+}
+
 // PTX shfl.sync: the segment of `width` lanes, its first lane, and the clamp lane that bounds the
 // source (the segment's last lane, or its first for .up).
 void resolve_shuffle(Fiber* const* lanes, int kind, int width) {
@@ -371,6 +392,8 @@ void warp_arrived(Fiber& f) {
   for (int l = 0; l < 32; ++l) lanes[l] = &g_fibers[first + l];
   if (f.kind == kMmaF16 || f.kind == kMmaBF16)
     resolve_mma(lanes, f.kind);
+  else if (f.kind == kLdmatrix)
+    resolve_ldmatrix(lanes, f.width, f.bytes != 0);
   else
     resolve_shuffle(lanes, f.kind, f.width);
   w.arrived = 0;
@@ -529,6 +552,34 @@ void mma_m16n8k16(int kind, float (&d)[4], const uint32_t (&a)[4], const uint32_
   std::memcpy(f->c, c, sizeof(f->c));
   suspend(kAtWarp);
   std::memcpy(d, f->d, sizeof(f->d));
+}
+
+// The form (count, .trans) travels in width and bytes, so that lanes at different forms are
+// reported as divergent collectives. Each lane whose address the form reads checks its own, as a
+// GPU faults on it: 16 bytes inside the kernels' shared memory, 16-byte aligned.
+void ldmatrix(int count, bool trans, uint32_t (&r)[4], uint32_t addr) {
+  Fiber* f = g_cur;
+  f->kind = kLdmatrix;
+  f->mask = kFullMask;  // ldmatrix.sync.aligned: the whole warp, by definition
+  f->width = count;
+  f->bytes = trans ? 1 : 0;
+  f->value = addr;
+  std::memset(f->r, 0, sizeof(f->r));
+  const size_t size = __start_aef_emu_shared ? static_cast<size_t>(__stop_aef_emu_shared - __start_aef_emu_shared) : 0;
+  if (count != 1 && count != 2 && count != 4) {
+    fail("ldmatrix .x" + std::to_string(count) + " (.x1, .x2 or .x4)");
+  } else if (f->lane < 8 * count) {
+    if (static_cast<size_t>(addr) + 16 > size) {
+      fail("ldmatrix row address past the kernels' shared memory (lane " + std::to_string(f->lane) + ")");
+    } else if (reinterpret_cast<uintptr_t>(__start_aef_emu_shared + addr) % 16 != 0) {
+      char buf[128];
+      std::snprintf(buf, sizeof(buf), "misaligned ldmatrix row address: shared %p (lane %d), not 16-byte aligned",
+                    static_cast<void*>(__start_aef_emu_shared + addr), f->lane);
+      fail_misaligned(buf);
+    }
+  }
+  suspend(kAtWarp);
+  std::memcpy(r, f->r, sizeof(f->r));
 }
 
 void syncthreads() { suspend(kAtBarrier); }

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -19,7 +20,40 @@ enum Probe : int {
   kShuffles,         // every shuffle form at widths 32 and 8, written out for the test to check
   kBlockSum,         // a correct block reduction through shared memory and barriers
   kMisaligned,       // a 16-byte load from an address that is 4 bytes past a 16-byte boundary
+  kLdmatrix,         // every ldmatrix form over lane-permuted rows, written out for the test to check
+  kLdmatrixMisaligned,  // an ldmatrix row address 4 bytes past a 16-byte boundary
+  kLdmatrixOutside,     // an ldmatrix row address past the end of shared memory
 };
+
+// Rows of the ldmatrix probe's shared tile: 8 elements (16 bytes) each, 32 per warp.
+constexpr int kLdsmRows = 64;
+
+// The row whose address lane `lane` of warp `warp` gives: a permutation of the warp's 32 rows, so
+// that which lane's address feeds which matrix row is visible in the result.
+__device__ int ldsm_row(int warp, int lane) { return warp * 32 + (lane * 5 + 3) % 32; }
+
+__device__ uint32_t ldsm_address(const uint16_t* tile, int warp, int lane) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(tile + ldsm_row(warp, lane) * 8));
+}
+
+// Forms 0-5: .x1, .x2, .x4, then the same with .trans; four registers per form (zero where the
+// form writes fewer). Lanes whose address a form does not read give one past shared memory.
+__device__ void ldsm_forms(uint32_t addr, int lane, uint32_t (&r)[6][4]) {
+  const uint32_t unread = 0xfffffff0u;
+  const uint32_t a1 = lane < 8 ? addr : unread, a2 = lane < 16 ? addr : unread;
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0][0]) : "r"(a1));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[1][0]), "=r"(r[1][1]) : "r"(a2));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[2][0]), "=r"(r[2][1]), "=r"(r[2][2]), "=r"(r[2][3])
+               : "r"(addr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[3][0]) : "r"(a1));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[4][0]), "=r"(r[4][1])
+               : "r"(a2));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[5][0]), "=r"(r[5][1]), "=r"(r[5][2]), "=r"(r[5][3])
+               : "r"(addr));
+}
 
 __global__ void probe(int which, float* out) {
   const int lane = threadIdx.x % 32;
@@ -71,6 +105,21 @@ __global__ void probe(int which, float* out) {
         for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) s += partial[w];
         out[blockIdx.x + blockIdx.y * gridDim.x] = s;
       }
+      return;
+    }
+    case kLdmatrix:
+    case kLdmatrixMisaligned:
+    case kLdmatrixOutside: {
+      alignas(16) __shared__ uint16_t tile[kLdsmRows * 8];
+      for (int i = threadIdx.x; i < kLdsmRows * 8; i += blockDim.x) tile[i] = static_cast<uint16_t>(i);
+      __syncthreads();
+      const int warp = threadIdx.x / 32;
+      uint32_t addr = ldsm_address(tile, warp, lane);
+      if (which == kLdmatrixMisaligned && lane == 5) addr += 4;
+      if (which == kLdmatrixOutside && lane == 9) addr += 1u << 24;
+      uint32_t r[6][4] = {};
+      ldsm_forms(addr, lane, r);
+      std::memcpy(out + threadIdx.x * 24, r, sizeof(r));
       return;
     }
     case kMisaligned: {

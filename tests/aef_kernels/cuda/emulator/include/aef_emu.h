@@ -103,11 +103,15 @@ inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 
 namespace aef_emu {
 
-enum Collective : int { kShflIdx, kShflUp, kShflDown, kShflXor, kMmaF16, kMmaBF16 };
+enum Collective : int { kShflIdx, kShflUp, kShflDown, kShflXor, kMmaF16, kMmaBF16, kLdmatrix };
 
 // Suspends the calling lane until its whole warp has made the same call; returns the lane's result.
 uint64_t warp_shuffle(int kind, unsigned mask, uint64_t value, int arg, int width, int bytes);
 void mma_m16n8k16(int kind, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
+// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: each lane passes its row address (a
+// shared-window offset, as __cvta_generic_to_shared gives it) and receives `count` registers once
+// the whole warp has arrived (PTX ISA, "Warp-level matrix load instruction: ldmatrix").
+void ldmatrix(int count, bool trans, uint32_t (&r)[4], uint32_t addr);
 void syncthreads();
 void fail_misaligned(const char* what);
 // cp.async runs as an immediate copy: its destination is written before the issuing lane goes on,
