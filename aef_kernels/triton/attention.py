@@ -56,10 +56,10 @@ HEAD_DIMS = (16, 32, 64, 128)
 # (benchmarks/notes/triton_aot.md): float32 operands are twice as large as 16-bit ones and split in
 # three for tf32x3, and spill at 32 x 32 in both directions.
 TILES = {"fp32": 16, "fp16": 64, "bf16": 64}
-# The 16-bit backward's single tile per code family and head dim: its three gradients and four
-# operand tiles fit 64 x 64 at 4 warps on sm_90 up to d = 64 (one warpgroup: wgmma), and 32 x 32
-# elsewhere (64 rows spill 400 B on sm_80 at d = 64 and 160-700 B at d = 128).
-_BWD_TILE = {80: {16: 32, 32: 32, 64: 32, 128: 32}, 90: {16: 64, 32: 64, 64: 64, 128: 32}}
+# The 16-bit backward's single tile per code family and head dim (walked in _SINGLE_CHUNK columns
+# of the head dim): 64 x 64 at 4 warps on sm_90 (one warpgroup: wgmma) at every head dim; on sm_80
+# 64 x 64 at d = 64 and 32 x 32 elsewhere, whose 64 rows spill 8 B at d = 32 and 56 B at d = 128.
+_BWD_TILE = {80: {16: 32, 32: 32, 64: 64, 128: 32}, 90: {16: 64, 32: 64, 64: 64, 128: 64}}
 # The most shared memory any configuration of these kernels takes per block, on sm_80-class and
 # sm_90-class code (tests/aef_kernels/triton/test_aot.py fails when a compiled one exceeds it).
 SHARED_BYTES = {80: 56 * 1024, 90: 80 * 1024}
@@ -88,41 +88,72 @@ def _split_sequence(s, HWN, NH, W):
 
 
 @triton.jit
-def _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t, T, skt, svt, smt, dd):
-    """Key and value rows at times c_t: which exist, which may be attended to (only those are read)."""
-    in_range = (c_t < T) & seq_ok
-    col_ok = in_range & (tl.load(mask_ptr + m_base + c_t * smt, mask=in_range, other=0) != 0)
-    k = tl.load(k_ptr + (k_base + c_t * skt)[:, None] + dd[None, :], mask=col_ok[:, None], other=0.0)
-    v = tl.load(v_ptr + (v_base + c_t * svt)[:, None] + dd[None, :], mask=col_ok[:, None], other=0.0)
-    return in_range, col_ok, k, v
+def _load_rows(ptr, base, t, stride, ok, dd):
+    """Columns ``dd`` of the rows at times ``t`` of a strided operand where ``ok``, else zero."""
+    return tl.load(ptr + (base + t * stride)[:, None] + dd[None, :], mask=ok[:, None], other=0.0)
 
 
 @triton.jit
-def _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r, seq_ok, r_t, Tq, HWN, sqt, dd,
-                  BLOCK_D: tl.constexpr):
-    """What the backward needs of the queries at times r_t; lse comes back in base 2.
+def _output_columns(dd, BLOCK_D: tl.constexpr, BLOCK_DC: tl.constexpr):
+    """The head-dim columns of the output this key-loop program computes: chunk program_id(1) of
+    BLOCK_DC columns (the whole head dim, ``dd``, when it is one chunk: no address arithmetic)."""
+    if BLOCK_DC < BLOCK_D:
+        return tl.program_id(1) * BLOCK_DC + tl.arange(0, BLOCK_DC)
+    else:
+        return dd
 
-    q and dO of a query without any valid key (lse = +inf) are not read: its gradients are zero, and
-    whatever is stored there (a masked pixel's NaN) must not reach a key's gradient through a zero
-    probability."""
+
+@triton.jit
+def _first_columns(BLOCK_D: tl.constexpr, BLOCK_DC: tl.constexpr):
+    """Whether this key-loop program has the first output chunk (the one that stores the lse)."""
+    if BLOCK_DC < BLOCK_D:
+        return tl.program_id(1) == 0
+    else:
+        return True
+
+
+@triton.jit
+def _key_columns(mask_ptr, m_base, seq_ok, c_t, T, smt):
+    """Which key rows at times c_t exist, and which may be attended to (only those are read)."""
+    in_range = (c_t < T) & seq_ok
+    return in_range, in_range & (tl.load(mask_ptr + m_base + c_t * smt, mask=in_range, other=0) != 0)
+
+
+@triton.jit
+def _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t, T, skt, svt, smt, dd):
+    """Key and value rows at times c_t, with _key_columns' masks."""
+    in_range, col_ok = _key_columns(mask_ptr, m_base, seq_ok, c_t, T, smt)
+    return in_range, col_ok, _load_rows(k_ptr, k_base, c_t, skt, col_ok, dd), _load_rows(v_ptr, v_base, c_t, svt,
+                                                                                         col_ok, dd)
+
+
+@triton.jit
+def _query_rows(lse_ptr, delta_ptr, b_r, hwn_r, seq_ok, r_t, Tq, HWN):
+    """(exists, contiguous row, live, base-2 lse, delta) of the backward's queries at times r_t.
+
+    q and dO of a query without any valid key (lse = +inf) are not read (not live): its gradients are
+    zero, and whatever is stored there (a masked pixel's NaN) must not reach a key's gradient through
+    a zero probability."""
     row_ok = (r_t < Tq) & seq_ok
     row = (b_r * Tq + r_t) * HWN + hwn_r
     lse2 = tl.load(lse_ptr + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
     live = row_ok & (lse2 != float("inf"))
-    q = tl.load(q_ptr + (q_base + r_t * sqt)[:, None] + dd[None, :], mask=live[:, None], other=0.0)
-    do = tl.load(do_ptr + (row * BLOCK_D)[:, None] + dd[None, :], mask=live[:, None], other=0.0)
-    delta = tl.load(delta_ptr + row, mask=live, other=0.0)
-    return row_ok, row, q, do, lse2, delta
+    return row_ok, row, live, lse2, tl.load(delta_ptr + row, mask=live, other=0.0)
+
+
+@triton.jit
+def _dscores(s, dp, lse2, delta, valid, qk_scale):
+    """Probabilities P and dS = P * (dP - delta) from the scores Q K^T and dP = dO V^T."""
+    p = tl.where(valid, tl.exp2(s * qk_scale - lse2[:, None]), 0.0)
+    # Selected, not multiplied: dp of a masked or other-sequence key may be inf (0 * inf = NaN).
+    return p, tl.where(valid, p * (dp - delta[:, None]), 0.0)
 
 
 @triton.jit
 def _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Recomputed probabilities P and dS = P * (dO V^T - delta), both (queries x keys)."""
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-    p = tl.where(valid, tl.exp2(s - lse2[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-    # Selected, not multiplied: dp of a masked or other-sequence key may be inf (0 * inf = NaN).
-    return p, tl.where(valid, p * (dp - delta[:, None]), 0.0)
+    """Recomputed probabilities P and dS, both (queries x keys), of one key-loop block."""
+    return _dscores(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION),
+                    tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION), lse2, delta, valid, qk_scale)
 
 
 @triton.jit
@@ -132,14 +163,14 @@ def _any_nonfinite(x):
 
 
 @triton.jit
-def _fwd_tile(q, k, v, valid, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Unnormalised output, row sums and (finite) row maxima of one single-tile score matrix."""
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-    s = tl.where(valid, s, float("-inf"))
+def _fwd_probs(s, valid, qk_scale):
+    """Unnormalised probabilities, row sums and (finite) row maxima of one single-tile score matrix
+    from its scores Q K^T."""
+    s = tl.where(valid, s * qk_scale, float("-inf"))
     m_i = tl.max(s, axis=1)
     m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
     p = tl.exp2(s - m_safe[:, None])
-    return tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION), tl.sum(p, axis=1), m_safe
+    return p, tl.sum(p, axis=1), m_safe
 
 
 @triton.jit
@@ -156,22 +187,6 @@ def _store_gradient(ptr, rows, x, ok, wanted, dd, BLOCK_D: tl.constexpr, REDO: t
         if bad == 0:
             _store_rows(ptr, rows, x, ok, dd, BLOCK_D)
     return bad
-
-
-@triton.jit
-def _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, dq_ptr, dk_ptr, dv_ptr, row, col, row_ok, col_in,
-              want_v, want_k, want_q, dd, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, REDO: tl.constexpr):
-    """dv, dk, dq of one single-tile score matrix, each stored (_store_gradient) as soon as it is
-    computed, so that only one of the three is live; returns (bad_v, bad_k, bad_q)."""
-    p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, valid, qk_scale, DOT_PRECISION)
-    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
-    bad_v = _store_gradient(dv_ptr, col, dv, col_in, want_v, dd, BLOCK_D, REDO)
-    ds = ds.to(q.dtype)
-    dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale
-    bad_k = _store_gradient(dk_ptr, col, dk, col_in, want_k, dd, BLOCK_D, REDO)
-    dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * scale
-    bad_q = _store_gradient(dq_ptr, row, dq, row_ok, want_q, dd, BLOCK_D, REDO)
-    return bad_v, bad_k, bad_q
 
 
 @triton.jit
@@ -195,16 +210,18 @@ def _store_rows(ptr, rows, x, ok, dd, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, ok, dd, BLOCK_D: tl.constexpr):
-    """The normalised output and the log-sum-exp of rows ``row`` from the unnormalised ``acc``, the
-    row sums ``l_i`` and the finite row maxima ``m_safe`` (base-2 logits), where ``ok``."""
+def _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, ok, dd, BLOCK_D: tl.constexpr, LSE):
+    """Columns ``dd`` of the normalised output of rows ``row`` from the unnormalised ``acc``, the row
+    sums ``l_i`` and the finite row maxima ``m_safe`` (base-2 logits), where ``ok``; with LSE also
+    their log-sum-exp."""
     has_key = l_i > 0.0
     l_safe = tl.where(has_key, l_i, 1.0)
     o = tl.where(has_key[:, None], acc / l_safe[:, None], 0.0)
     # Natural-log LSE; +inf for a query without keys makes its backward probabilities exactly 0.
     lse = tl.where(has_key, (m_safe + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))
     _store_rows(o_ptr, row, o, ok, dd, BLOCK_D)
-    tl.store(lse_ptr + row, lse, mask=ok)
+    if LSE:
+        tl.store(lse_ptr + row, lse, mask=ok)
 
 
 @triton.jit
@@ -217,7 +234,7 @@ def _attn_fwd_kernel(
     smb, smt, smh, smw,
     qk_scale, seqs, qrows, kcols, n_qblocks,
     SINGLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BLOCK_DC: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     group = pid // n_qblocks
@@ -228,8 +245,7 @@ def _attn_fwd_kernel(
     r_t = qblock * qrows + r_t0
     row_ok = (r_t < Tq) & seq_r_ok
     b_r, hwn_r, h_r, w_r, n_r = _split_sequence(s_r, HWN, NH, W)
-    q_off = b_r * sqb + r_t * sqt + h_r * sqh + w_r * sqw + n_r * sqn
-    q = tl.load(q_ptr + q_off[:, None] + dd[None, :], mask=row_ok[:, None], other=0.0)
+    q_base = b_r * sqb + h_r * sqh + w_r * sqw + n_r * sqn
 
     c_seq, s_c, c_t0, seq_ok = _slots(tl.arange(0, BLOCK_N), kcols, group, seqs, S, SINGLE)
     b_c, hwn_c, h_c, w_c, n_c = _split_sequence(s_c, HWN, NH, W)
@@ -239,27 +255,42 @@ def _attn_fwd_kernel(
 
     row = (b_r * Tq + r_t) * HWN + hwn_r
     if SINGLE:
-        _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, c_t0, T, skt, svt, smt, dd)
+        # The head dim is walked in BLOCK_DC-column chunks, Q K^T accumulated over them and P V
+        # computed and stored chunk by chunk: no q, k, v or output tile wider than a chunk is live.
+        _, col_ok = _key_columns(mask_ptr, m_base, seq_ok, c_t0, T, smt)
         valid = (r_seq[:, None] == c_seq[None, :]) & col_ok[None, :]
-        acc, l_i, m_safe = _fwd_tile(q, k, v, valid, qk_scale, DOT_PRECISION)
-        if _any_nonfinite(acc):
-            # P @ V multiplies the zero probabilities of other sequences' keys by their values, so
-            # one sequence's inf reaches every row of the tile (0 * inf = NaN). Rare, so detected
-            # rather than prevented: redo the tile once per sequence with the other sequences'
-            # values zeroed and store that sequence's rows, one accumulator live at a time.
-            for j in range(0, seqs):
-                acc_j, l_j, m_j = _fwd_tile(q, k, tl.where((c_seq == j)[:, None], v, 0.0), valid, qk_scale,
-                                            DOT_PRECISION)
-                _store_output(o_ptr, lse_ptr, row, acc_j, l_j, m_j, row_ok & (r_seq == j), dd, BLOCK_D)
-        else:
-            _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, dd, BLOCK_D)
+        s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for c in tl.static_range(0, BLOCK_D, BLOCK_DC):
+            dc = c + tl.arange(0, BLOCK_DC)
+            s = tl.dot(_load_rows(q_ptr, q_base, r_t, sqt, row_ok, dc),
+                       tl.trans(_load_rows(k_ptr, k_base, c_t0, skt, col_ok, dc)), s, input_precision=DOT_PRECISION)
+        p, l_i, m_safe = _fwd_probs(s, valid, qk_scale)
+        p = p.to(v_ptr.dtype.element_ty)
+        for c in tl.static_range(0, BLOCK_D, BLOCK_DC):
+            dc = c + tl.arange(0, BLOCK_DC)
+            v = _load_rows(v_ptr, v_base, c_t0, svt, col_ok, dc)
+            acc = tl.dot(p, v, input_precision=DOT_PRECISION)
+            if _any_nonfinite(acc):
+                # P V multiplies the zero probabilities of other sequences' keys by their values, so
+                # one sequence's inf reaches every row of the tile (0 * inf = NaN). Rare, so detected
+                # rather than prevented: redo the product once per sequence with the other
+                # sequences' values zeroed and store that sequence's rows (P, the row sums and
+                # maxima are per sequence already).
+                for j in range(0, seqs):
+                    acc_j = tl.dot(p, tl.where((c_seq == j)[:, None], v, 0.0), input_precision=DOT_PRECISION)
+                    _store_output(o_ptr, lse_ptr, row, acc_j, l_i, m_safe, row_ok & (r_seq == j), dc, BLOCK_D, c == 0)
+            else:
+                _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, dc, BLOCK_D, c == 0)
     else:
+        oc = _output_columns(dd, BLOCK_D, BLOCK_DC)
+        q = _load_rows(q_ptr, q_base, r_t, sqt, row_ok, dd)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DC], dtype=tl.float32)
         for start in range(0, T, kcols):
-            _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_ok, start + c_t0, T,
-                                      skt, svt, smt, dd)
+            _, col_ok = _key_columns(mask_ptr, m_base, seq_ok, start + c_t0, T, smt)
+            k = _load_rows(k_ptr, k_base, start + c_t0, skt, col_ok, dd)
+            v = _load_rows(v_ptr, v_base, start + c_t0, svt, col_ok, oc)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -270,7 +301,7 @@ def _attn_fwd_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
         m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-        _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, dd, BLOCK_D)
+        _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, oc, BLOCK_D, _first_columns(BLOCK_D, BLOCK_DC))
 
 
 @triton.jit
@@ -294,7 +325,7 @@ def _attn_bwd_kernel(
     smb, smt, smh, smw,
     scale, seqs, qrows, kcols,
     SINGLE: tl.constexpr, DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BLOCK_DC: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # The key loop runs as two launches of this kernel: DQ False for dk and dv, DQ True for dq.
     group = tl.program_id(0)
@@ -312,56 +343,94 @@ def _attn_bwd_kernel(
     m_base = b_c * smb + h_c * smh + w_c * smw
 
     if SINGLE:
-        row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r,
-                                                        seq_r_ok, r_t0, Tq, HWN, sqt, dd, BLOCK_D)
-        in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t0, T, skt,
-                                            svt, smt, dd)
+        # As in the forward, the head dim is walked in chunks: Q K^T and dO V^T accumulated over
+        # them, then dv, dk and dq computed and stored chunk by chunk (their operands read again,
+        # from cache); each gradient chunk is stored once it is known finite.
+        row_ok, row, live, lse2, delta = _query_rows(lse_ptr, delta_ptr, b_r, hwn_r, seq_r_ok, r_t0, Tq, HWN)
+        in_range, col_ok = _key_columns(mask_ptr, m_base, seq_c_ok, c_t0, T, smt)
         valid = (r_seq[:, None] == c_seq[None, :]) & col_ok[None, :]
         col = (b_c * T + c_t0) * HWN + hwn_c
-        bad_v, bad_k, bad_q = _bwd_tile(q, k, v, do, lse2, delta, valid, qk_scale, scale, dq_ptr, dk_ptr, dv_ptr,
-                                        row, col, row_ok, in_range, 1, 1, 1, dd, BLOCK_D, DOT_PRECISION, False)
-        if bad_v + bad_k + bad_q > 0:
-            # As in the forward: the dots multiply zero entries of P and dS by other sequences' q,
-            # k and dO, so a non-finite one there reaches every sequence of the tile. Redo the tile
-            # once per sequence with the other sequences' operands zeroed and store that sequence's
-            # rows of the gradients the first pass did not store.
-            for j in range(0, seqs):
-                on_r = r_seq == j
-                on_c = c_seq == j
-                _bwd_tile(tl.where(on_r[:, None], q, 0.0), tl.where(on_c[:, None], k, 0.0), v,
-                          tl.where(on_r[:, None], do, 0.0), lse2, delta, valid, qk_scale, scale, dq_ptr, dk_ptr,
-                          dv_ptr, row, col, row_ok & on_r, in_range & on_c, bad_v, bad_k, bad_q, dd, BLOCK_D,
-                          DOT_PRECISION, True)
+        s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        dp = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for c in tl.static_range(0, BLOCK_D, BLOCK_DC):
+            dc = c + tl.arange(0, BLOCK_DC)
+            s = tl.dot(_load_rows(q_ptr, q_base, r_t0, sqt, live, dc),
+                       tl.trans(_load_rows(k_ptr, k_base, c_t0, skt, col_ok, dc)), s, input_precision=DOT_PRECISION)
+            dp = tl.dot(_load_rows(do_ptr, 0, row, BLOCK_D, live, dc),
+                        tl.trans(_load_rows(v_ptr, v_base, c_t0, svt, col_ok, dc)), dp, input_precision=DOT_PRECISION)
+        p, ds = _dscores(s, dp, lse2, delta, valid, qk_scale)
+        p = p.to(q_ptr.dtype.element_ty)
+        ds = ds.to(q_ptr.dtype.element_ty)
+        for c in tl.static_range(0, BLOCK_D, BLOCK_DC):
+            dc = c + tl.arange(0, BLOCK_DC)
+            do = _load_rows(do_ptr, 0, row, BLOCK_D, live, dc)
+            bad_v = _store_gradient(dv_ptr, col, tl.dot(tl.trans(p), do, input_precision=DOT_PRECISION), in_range, 1,
+                                    dc, BLOCK_D, False)
+            q = _load_rows(q_ptr, q_base, r_t0, sqt, live, dc)
+            bad_k = _store_gradient(dk_ptr, col, tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION) * scale,
+                                    in_range, 1, dc, BLOCK_D, False)
+            k = _load_rows(k_ptr, k_base, c_t0, skt, col_ok, dc)
+            bad_q = _store_gradient(dq_ptr, row, tl.dot(ds, k, input_precision=DOT_PRECISION) * scale, row_ok, 1, dc,
+                                    BLOCK_D, False)
+            if bad_v + bad_k + bad_q > 0:
+                # As in the forward: the products multiply zero entries of P and dS by other
+                # sequences' dO, q and k, so a non-finite one there reaches every sequence of the
+                # tile. Redo them once per sequence with the other sequences' operand rows zeroed
+                # and store that sequence's rows of the gradients the first pass did not store.
+                for j in range(0, seqs):
+                    on_r = (r_seq == j)[:, None]
+                    on_c = c_seq == j
+                    _store_gradient(dv_ptr, col, tl.dot(tl.trans(p), tl.where(on_r, do, 0.0),
+                                                        input_precision=DOT_PRECISION),
+                                    in_range & on_c, bad_v, dc, BLOCK_D, True)
+                    _store_gradient(dk_ptr, col, tl.dot(tl.trans(ds), tl.where(on_r, q, 0.0),
+                                                        input_precision=DOT_PRECISION) * scale,
+                                    in_range & on_c, bad_k, dc, BLOCK_D, True)
+                    _store_gradient(dq_ptr, row, tl.dot(ds, tl.where(on_c[:, None], k, 0.0),
+                                                        input_precision=DOT_PRECISION) * scale,
+                                    row_ok & (r_seq == j), bad_q, dc, BLOCK_D, True)
     elif not DQ:
-        # dk, dv of one key block at a time, summed over every query block of the sequence.
+        # dk, dv of one key block at a time, summed over every query block of the sequence; as in
+        # the forward, only the output columns oc (the scores still take the whole head dim).
+        oc = _output_columns(dd, BLOCK_D, BLOCK_DC)
         for kstart in range(0, T, kcols):
             c_t = kstart + c_t0
             in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t, T,
                                                 skt, svt, smt, dd)
-            dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-            dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            dk = tl.zeros([BLOCK_N, BLOCK_DC], dtype=tl.float32)
+            dv = tl.zeros([BLOCK_N, BLOCK_DC], dtype=tl.float32)
             for qstart in range(0, Tq, qrows):
-                row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r,
-                                                                hwn_r, seq_r_ok, qstart + r_t0, Tq, HWN, sqt, dd,
-                                                                BLOCK_D)
+                r_t = qstart + r_t0
+                row_ok, row, live, lse2, delta = _query_rows(lse_ptr, delta_ptr, b_r, hwn_r, seq_r_ok, r_t, Tq, HWN)
+                q = _load_rows(q_ptr, q_base, r_t, sqt, live, dd)
+                do = _load_rows(do_ptr, 0, row, BLOCK_D, live, dd)
                 p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, col_ok[None, :], qk_scale, DOT_PRECISION)
+                if BLOCK_DC < BLOCK_D:
+                    q = _load_rows(q_ptr, q_base, r_t, sqt, live, oc)
+                    do = _load_rows(do_ptr, 0, row, BLOCK_D, live, oc)
                 dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
             col = (b_c * T + c_t) * HWN + hwn_c
-            _store_rows(dk_ptr, col, dk * scale, in_range, dd, BLOCK_D)
-            _store_rows(dv_ptr, col, dv, in_range, dd, BLOCK_D)
+            _store_rows(dk_ptr, col, dk * scale, in_range, oc, BLOCK_D)
+            _store_rows(dv_ptr, col, dv, in_range, oc, BLOCK_D)
     else:
-        # dq of one query block at a time, summed over every key block of the sequence.
+        # dq of one query block at a time, summed over every key block of the sequence (output
+        # columns oc).
+        oc = _output_columns(dd, BLOCK_D, BLOCK_DC)
         for qstart in range(0, Tq, qrows):
-            row_ok, row, q, do, lse2, delta = _load_queries(q_ptr, do_ptr, lse_ptr, delta_ptr, q_base, b_r, hwn_r,
-                                                            seq_r_ok, qstart + r_t0, Tq, HWN, sqt, dd, BLOCK_D)
-            dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            r_t = qstart + r_t0
+            row_ok, row, live, lse2, delta = _query_rows(lse_ptr, delta_ptr, b_r, hwn_r, seq_r_ok, r_t, Tq, HWN)
+            q = _load_rows(q_ptr, q_base, r_t, sqt, live, dd)
+            do = _load_rows(do_ptr, 0, row, BLOCK_D, live, dd)
+            dq = tl.zeros([BLOCK_M, BLOCK_DC], dtype=tl.float32)
             for kstart in range(0, T, kcols):
                 _, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok,
                                              kstart + c_t0, T, skt, svt, smt, dd)
                 p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, col_ok[None, :], qk_scale, DOT_PRECISION)
+                if BLOCK_DC < BLOCK_D:
+                    k = _load_rows(k_ptr, k_base, kstart + c_t0, skt, col_ok, oc)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-            _store_rows(dq_ptr, row, dq * scale, row_ok, dd, BLOCK_D)
+            _store_rows(dq_ptr, row, dq * scale, row_ok, oc, BLOCK_D)
 
 
 @dataclass(frozen=True)
@@ -385,19 +454,23 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
 
 # Warps per (dtype, direction, path) and head dim 16/32/64/128: tiles of 16-row mma warps covered
 # once where that compiles without a spill on sm_80 and sm_90, read off the faithful AOT compile
-# (benchmarks/notes/triton_aot.md, 2026-12-02 and 2026-12-03). The 16-bit forward's 64-row tiles
-# take 4 warps (one warpgroup: wgmma on sm_90), except two single tiles: d = 16 spills 8 B on sm_80
-# at 4 and runs 2 there (_SM80_WARPS), d = 128 spills 8 B (sm_90) and 64 B (sm_80) at 4 and runs 8
-# (rows duplicated on sm_90). float32's 16-row tiles take 1 warp, except the d = 32 single tile
-# (16 B spill on sm_90 at 1: 2) and d = 128 (400-700 B spills below 8).
-# The 16-bit backward's single tile (_BWD_TILE) takes 4 warps at 64 rows, on sm_80 2 at 32 rows up
-# to d = 32 and 4 at d = 64 (72 B spill at 2); d = 128 runs 8 (spills below 8); its key loop is
-# _BWD_LOOP below. The float32 backward at d = 128 spills at any count.
-_WARPS = {("16bit", False, True): (4, 4, 4, 8), ("16bit", False, False): (4, 4, 4, 4),
-          ("16bit", True, True): (4, 4, 4, 8),
-          ("fp32", False, True): (1, 2, 1, 8), ("fp32", False, False): (1, 1, 1, 8),
-          ("fp32", True, True): (8, 8, 8, 8), ("fp32", True, False): (8, 8, 8, 8)}
-_SM80_WARPS = {("16bit", False, True): (2, 4, 4, 8), ("16bit", True, True): (2, 2, 4, 8)}
+# (benchmarks/notes/triton_aot.md). 16-bit 64-row tiles take 4 warps (one warpgroup: wgmma on
+# sm_90), except the forward's d = 16 single tile on sm_80, which spills 8 B at 4 and runs 2
+# (_SM80_WARPS), as do the backward's 32-row single tiles there (_BWD_TILE). float32's 16-row tiles
+# take 1 warp, except the forward's d = 32 single tile (2) and d = 128 key loop (8: 400-700 B spills
+# below) and the backward's key loop (8: it spills at fewer). The 16-bit backward's key loop is
+# _BWD_LOOP below.
+_WARPS = {("16bit", False, True): (4, 4, 4, 4), ("16bit", False, False): (4, 4, 4, 4),
+          ("16bit", True, True): (4, 4, 4, 4),
+          ("fp32", False, True): (1, 2, 1, 1), ("fp32", False, False): (1, 1, 1, 2),
+          ("fp32", True, True): (1, 1, 1, 1), ("fp32", True, False): (8, 8, 8, 8)}
+_SM80_WARPS = {("16bit", False, True): (2, 4, 4, 4), ("16bit", True, True): (2, 2, 4, 2)}
+
+
+# Head-dim columns the single tile takes at a time per (dtype, backward): its q, k, v, dO and output
+# tiles are that wide and the scores are summed over the chunks, so d = 128 fits the warps above
+# (whole 128-column tiles spilled 8-700 B at them).
+_SINGLE_CHUNK = {("16bit", False): 64, ("16bit", True): 32, ("fp32", False): 32, ("fp32", True): 16}
 
 
 def _tile(t: str, backward: bool, d: int, family: int) -> int:
@@ -405,36 +478,50 @@ def _tile(t: str, backward: bool, d: int, family: int) -> int:
     return _BWD_TILE[family][d] if backward and t != "fp32" else TILES[t]
 
 
-# The 16-bit backward's key loop per code family and head dim: (query rows, key rows) of the dk/dv
-# pass's blocks, of the dq pass's, and warps. On sm_90 the pass's accumulators (dk and dv, or dq)
-# take 64 rows, a warpgroup's wgmma M, and the side it loops over 32: no spill, no duplicated warps
-# at d = 32 and 64. On sm_80 the same blocks put [4, 1] mma warps on the 32-row side (rows computed
-# twice) and spill 8 B at d = 32, so it keeps 32 x 32 at 2 warps. d = 16 on sm_90 takes 64 x 64
-# blocks at 4 warps: a 32 x 16 operand tile would load 8 bytes a thread. d = 128 runs 8 warps
-# (fewer spill).
-_SQUARE_32 = ((32, 32), (32, 32))
-_WGMMA_64 = ((32, 64), (64, 32))
-_SQUARE_64 = ((64, 64), (64, 64))
-_BWD_LOOP = {80: {16: (*_SQUARE_32, 2), 32: (*_SQUARE_32, 2), 64: (*_SQUARE_32, 2), 128: (*_SQUARE_32, 8)},
-             90: {16: (*_SQUARE_64, 4), 32: (*_WGMMA_64, 4), 64: (*_WGMMA_64, 4), 128: (*_WGMMA_64, 8)}}
+# The 16-bit backward's key loop per code family and head dim: per pass (dk/dv, then dq) the
+# (query rows, key rows) of its blocks, the output columns a program takes (grid axis 1 takes the
+# chunks of d; each recomputes the scores over the whole head dim) and warps. On sm_90 the pass's
+# accumulators (dk and dv, or dq) take 64 rows, a warpgroup's wgmma M, and the side it loops over
+# 32: no spill, no duplicated warps at d = 32 and 64. On sm_80 the same blocks put [4, 1] mma warps
+# on the 32-row side (rows computed twice) and spill 8 B at d = 32, so it keeps 32 x 32 at 2 warps.
+# d = 16 on sm_90 takes 64 x 64 blocks at 4 warps: a 32 x 16 operand tile would load 8 bytes a
+# thread. At d = 128 the dq pass takes 64-column chunks at 4 (sm_90) or 2 (sm_80) warps (whole, it
+# needs 8 warps, which cover its rows twice); the dk/dv pass keeps the whole head dim at 8 warps
+# (at 4 warps, or 2 on sm_80, its two 64-column accumulators spill 56-184 B).
+_PASSES_32 = ((32, 32, 128, 2), (32, 32, 128, 2))
+_PASSES_WGMMA = ((32, 64, 128, 4), (64, 32, 128, 4))
+_BWD_LOOP = {80: {16: _PASSES_32, 32: _PASSES_32, 64: _PASSES_32, 128: ((32, 32, 128, 8), (32, 32, 64, 2))},
+             90: {16: ((64, 64, 128, 4), (64, 64, 128, 4)), 32: _PASSES_WGMMA, 64: _PASSES_WGMMA,
+                  128: ((32, 64, 128, 8), (64, 32, 64, 4))}}
+# Output columns a key-loop program takes per (dtype, backward) outside _BWD_LOOP (at most d): the
+# float32 forward's d = 128 tile fits 2 warps in 64-column chunks (whole, it spilled 400-700 B below
+# 8 warps); the float32 backward's chunks took more shared memory than its bound on sm_80.
+_LOOP_COLUMNS = {("16bit", False): 128, ("fp32", False): 64, ("fp32", True): 128}
 
 
 def _attn_config(t: str, d: int, backward: bool, single: bool, family: int, dq: bool = False) -> dict:
     """Constexprs and launch options of the forward (or backward) kernel for dtype ``t``, head dim
     ``d``, path, backward pass and code family; the launchers and the AOT compilation take them from
-    here (the single-tile limit on T is _tile's, whatever the key loop's blocks). Two stages: the key loop's K and V
-    tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89 (three stages need
-    114 KB in the forward and 131 KB in the backward on sm_90)."""
+    here (the single-tile limit on T is _tile's, whatever the key loop's blocks). Two stages: the
+    key loop's K and V tiles double-buffered, which keeps d = 128 within the 99 KB of sm_86/sm_89
+    (three stages need 114 KB in the forward and 131 KB in the backward on sm_90)."""
     tile = _tile(t, backward, d, family)
+    kind = "fp32" if t == "fp32" else "16bit"
     if backward and not single and t != "fp32":
-        dkdv, dq_blocks, warps = _BWD_LOOP[family][d]
-        rows, cols = dq_blocks if dq else dkdv
+        rows, cols, chunk, warps = _BWD_LOOP[family][d][dq]
     else:
         rows, cols = tile, tile
-        key = ("fp32" if t == "fp32" else "16bit", backward, single)
+        key = (kind, backward, single)
         warps = (_SM80_WARPS if family == 80 and key in _SM80_WARPS else _WARPS)[key][HEAD_DIMS.index(d)]
-    return {"SINGLE": single, "BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_D": d, "DOT_PRECISION": _DOT_PRECISION[t],
-            "num_warps": warps, "num_stages": 2}
+        chunk = (_SINGLE_CHUNK if single else _LOOP_COLUMNS)[kind, backward]
+    chunk = min(d, chunk)
+    return {"SINGLE": single, "BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_D": d, "BLOCK_DC": chunk,
+            "DOT_PRECISION": _DOT_PRECISION[t], "num_warps": warps, "num_stages": 2}
+
+
+def _column_programs(blocks: dict) -> int:
+    """Programs along grid axis 1: the key loop's output-column chunks (the single tile walks them)."""
+    return 1 if blocks["SINGLE"] else blocks["BLOCK_D"] // blocks["BLOCK_DC"]
 
 
 def _delta_config(d: int, element_size: int) -> dict:
@@ -473,10 +560,10 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask
     cfg = _config(Tq, T, _tile(TL_DTYPES[q.dtype], False, d, target_family(q)))
     mask, mask_strides = _mask_args(key_padding_mask, q)
     n_qblocks = 1 if cfg.single else triton.cdiv(Tq, cfg.qrows)
-    grid = (triton.cdiv(S, cfg.seqs) * n_qblocks,)
-    launch(_attn_fwd_kernel, grid, q, k, v, mask, o, lse, *_layout_args(q, k, v, mask_strides),
-           scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks,
-           **_attn_config(TL_DTYPES[q.dtype], d, backward=False, single=cfg.single, family=target_family(q)))
+    blocks = _attn_config(TL_DTYPES[q.dtype], d, backward=False, single=cfg.single, family=target_family(q))
+    launch(_attn_fwd_kernel, (triton.cdiv(S, cfg.seqs) * n_qblocks, _column_programs(blocks)), q, k, v, mask, o,
+           lse, *_layout_args(q, k, v, mask_strides), scale * LOG2E, cfg.seqs, cfg.qrows, cfg.kcols, n_qblocks,
+           **blocks)
     return o, lse
 
 
@@ -504,7 +591,7 @@ def _backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
                               family=target_family(q))
         # The key loop steps by its blocks, which differ per pass.
         qrows, kcols = (cfg.qrows, cfg.kcols) if cfg.single else (blocks["BLOCK_M"], blocks["BLOCK_N"])
-        launch(_attn_bwd_kernel, (groups,), q, k, v, mask, do, lse, delta, dq, dk, dv,
+        launch(_attn_bwd_kernel, (groups, _column_programs(blocks)), q, k, v, mask, do, lse, delta, dq, dk, dv,
                *_layout_args(q, k, v, mask_strides), scale, cfg.seqs, qrows, kcols, DQ=dq_pass, **blocks)
     return dq, dk, dv
 

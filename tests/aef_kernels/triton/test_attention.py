@@ -55,9 +55,9 @@ def run(q, k, v, mask, leaves, gen, backend):
     return (o, *torch.autograd.grad(o, leaves, cot))
 
 
-# (B, Tq, T, H, W, heads, d, fused QKV, mask kind): T in {1, 3, 17, 64, 65}, Tq in {1, T}, head
-# dims 16/32/64, both mask shapes with fully masked sequences, fused strided views; T = 33 and 64 in
-# float32 run the key loop, T = 65 several key blocks of it.
+# (B, Tq, T, H, W, heads, d, fused QKV, mask kind): T in {1, 3, 17, 64, 65}, Tq in {1, T}, every
+# head dim, both mask shapes with fully masked sequences, fused strided views; T > 16 in float32
+# runs the key loop (several key blocks of it), which takes d = 128 in two 64-column programs.
 CASES = [
     (2, 1, 1, 2, 3, 2, 16, False, None),
     (2, 3, 3, 2, 2, 2, 32, True, "bt"),
@@ -68,6 +68,8 @@ CASES = [
     (1, 64, 64, 1, 1, 2, 16, True, None),
     (2, 65, 65, 1, 1, 1, 16, True, "bthw"),
     (1, 1, 65, 2, 1, 1, 32, False, "bt"),
+    (1, 17, 17, 2, 1, 1, 128, False, "bthw"),
+    (2, 3, 3, 1, 2, 1, 128, True, None),
 ]
 
 
@@ -105,11 +107,12 @@ def check_float16_against_reference(gen, check_close, T, W, d, mask_kind, seed, 
 
 @pytest.mark.parametrize("poison", [None, float("nan"), float("inf")])
 @pytest.mark.parametrize("family", [80, 90])
-@pytest.mark.parametrize("d", [32, 64])
+@pytest.mark.parametrize("d", [32, 64, 128])
 def test_float16_key_loop_backward_per_target(poisoned, gen, check_close, monkeypatch, family, d, poison):
     """T = 65 runs the 16-bit key loop in both directions; its backward blocks differ per target
-    (sm_90: 32 x 64 and 64 x 32 blocks per pass, sm_80: 32 x 32), and both give the reference's
-    gradients within float16 rounding, also with NaN/Inf in the masked key frames."""
+    (sm_90: 32 x 64 and 64 x 32 blocks per pass, sm_80: 32 x 32; at d = 128 the dq pass in two
+    64-column programs), and both give the reference's gradients within float16 rounding, also with
+    NaN/Inf in the masked key frames."""
     monkeypatch.setattr(tri, "target_family", lambda t: family)
     check_float16_against_reference(gen, check_close, 65, 1, d, "bt", seed=2, poison=poison)
 
@@ -118,6 +121,16 @@ def test_float16_single_tile(poisoned, gen, check_close):
     """T = 64 fills the 64 x 64 single tile of the 16-bit dtypes: float16 forward and gradients
     match the reference computed in float32 from the same inputs, within float16 rounding."""
     check_float16_against_reference(gen, check_close, 64, 2, 16, "bthw", seed=1)
+
+
+@pytest.mark.parametrize("family", [80, 90])
+@pytest.mark.parametrize("d", [64, 128])
+def test_float16_single_tile_per_target(poisoned, gen, check_close, monkeypatch, family, d):
+    """T = 12 packs 2-4 sequences into the 16-bit single tiles, whose size (backward: 32 or 64 rows)
+    and head-dim chunks (d = 64 and 128 take two to four) differ per target: forward and gradients
+    match the float32 reference within float16 rounding."""
+    monkeypatch.setattr(tri, "target_family", lambda t: family)
+    check_float16_against_reference(gen, check_close, 12, 4, d, "bthw", seed=4)
 
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
