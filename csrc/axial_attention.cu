@@ -5,7 +5,7 @@
 // registers, and walk the keys together in blocks of 64 (fewer at d = 128) with the online softmax:
 // each block of K and V is staged in shared memory once for all of them (axial_attention.cuh). For
 // T <= 64 (d <= 64) that is a single block, so the whole 16 x T score tile of a warp stays in
-// registers and is normalised once. The saved log-sum-exp is in base 2 of the scaled scores,
+// registers and is normalised once, and the launcher takes a single-buffered kernel. The saved log-sum-exp is in base 2 of the scaled scores,
 // lse2 = log2(sum_j exp2(scale * log2(e) * q.k_j)), so the backward recomputes the probabilities as
 // exp2(scale * log2(e) * q.k - lse2) with no change of base. A query with no valid key gets o = 0
 // and lse2 = +inf, which makes every recomputed probability exactly 0.
@@ -24,13 +24,19 @@ __host__ __device__ constexpr int key_block() {
   return D < 128 ? 64 : (sizeof(T) == 4 ? 16 : 32);
 }
 
-// Buffers of the shared tile, each K (rows 0..) and V (rows kKeyBlock..) of a key block.
+// Buffers of the shared tile, each K (rows 0..) and V (rows kKeyBlock..) of a key block:
+// fwd_buffers in general, fwd_single_block_buffers (one where that is smaller) for T <= kKeyBlock.
 template <typename T, int D, int VEC>
 __host__ __device__ constexpr int fwd_buffers() {
   return column_buffers<T, D, VEC>(2 * key_block<T, D>());
 }
 
 template <typename T, int D, int VEC>
+__host__ __device__ constexpr int fwd_single_block_buffers() {
+  return single_block_buffers<T, D, VEC>(2 * key_block<T, D>());
+}
+
+template <typename T, int D, int BUFFERS, int VEC>
 __global__ void __launch_bounds__(kThreads, 1)
     axial_attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         T* __restrict__ o, float* __restrict__ lse, Problem p) {
@@ -38,7 +44,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kTiles = kKeyBlock / 8;  // score tiles of 8 keys
   constexpr int kOutTiles = D / 8;
   constexpr int kStride = tile_stride<T, D>();
-  constexpr int kBuffers = fwd_buffers<T, D, VEC>();
+  constexpr int kBuffers = BUFFERS;
+  static_assert(BUFFERS >= 1 && BUFFERS <= fwd_buffers<T, D, VEC>(), "more buffers than column_buffers allows");
   alignas(16) __shared__ T tile[shared_rows(kBuffers, 2 * kKeyBlock) * kStride];
   // K of the key block at kb; its V follows kKeyBlock rows on.
   const auto keys_of = [&](int64_t kb) { return tile + (kb / kKeyBlock % kBuffers) * 2 * kKeyBlock * kStride; };
@@ -163,21 +170,30 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-template <typename T, int D, int VEC>
+template <typename T, int D, int BUFFERS, int VEC>
 cudaError_t launch_fwd_kernel(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
                               cudaStream_t stream) {
-  axial_attention_fwd<T, D, VEC><<<rows_grid(p, p.Tq), 32 * block_warps(p.Tq), 0, stream>>>(
+  axial_attention_fwd<T, D, BUFFERS, VEC><<<rows_grid(p, p.Tq), 32 * block_warps(p.Tq), 0, stream>>>(
       reinterpret_cast<const T*>(q), reinterpret_cast<const T*>(k), reinterpret_cast<const T*>(v),
       reinterpret_cast<T*>(o), reinterpret_cast<float*>(lse), p);
   return cudaGetLastError();
+}
+
+// Keys that fit one key block take the instantiation with fwd_single_block_buffers.
+template <typename T, int D, int VEC>
+cudaError_t launch_fwd_staged(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
+                              cudaStream_t stream) {
+  return p.T <= key_block<T, D>()
+             ? launch_fwd_kernel<T, D, fwd_single_block_buffers<T, D, VEC>(), VEC>(q, k, v, o, lse, p, stream)
+             : launch_fwd_kernel<T, D, fwd_buffers<T, D, VEC>(), VEC>(q, k, v, o, lse, p, stream);
 }
 
 // vector: q, k and v are staged in 16-byte loads (vector_qkv), else element by element.
 template <typename T, int D>
 cudaError_t launch_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, uintptr_t lse, const Problem& p,
                        bool vector, cudaStream_t stream) {
-  return vector ? launch_fwd_kernel<T, D, 16 / sizeof(T)>(q, k, v, o, lse, p, stream)
-                : launch_fwd_kernel<T, D, 1>(q, k, v, o, lse, p, stream);
+  return vector ? launch_fwd_staged<T, D, 16 / sizeof(T)>(q, k, v, o, lse, p, stream)
+                : launch_fwd_staged<T, D, 1>(q, k, v, o, lse, p, stream);
 }
 
 template <typename T>

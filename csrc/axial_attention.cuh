@@ -15,10 +15,13 @@
 // threads issue block j + 1 into it and wait only for block j's copies, so they are in flight while
 // the warps work on block j. Two buffers fit the 48 KB of static shared memory except in the float32
 // forward at d = 64 and the float32 dq pass at d = 64 and 128, which keep one (copied with cp.async
-// all the same). Otherwise (VEC = 1) one buffer is filled by element loads through registers. Rows
-// that may not be read (padding keys, frames past the end) are stored as zeros and never loaded
-// (cp.async with src-size 0). Every loop a barrier sits in has a bound uniform over the block, and
-// warps whose tile lies past the end still copy and reach every barrier; they skip only the products.
+// all the same); where a sequence has a single column block there is nothing to overlap, and the
+// launchers take an instantiation with one buffer wherever that halves the column part of the tile
+// (single_block_buffers, template argument BUFFERS). Otherwise (VEC = 1) one buffer is filled by
+// element loads through registers. Rows that may not be read (padding keys, frames past the end)
+// are stored as zeros and never loaded (cp.async with src-size 0). Every loop a barrier sits in has a
+// bound uniform over the block, and warps whose tile lies past the end still copy and reach every
+// barrier; they skip only the products.
 //
 // Products are mma.sync m16n8k16 (row.col) with float32 accumulation for float16 and bfloat16;
 // float32 inputs run the same code through an exact-float32 emulation of that instruction with the
@@ -330,6 +333,17 @@ __host__ __device__ constexpr int shared_rows(int buffers, int buffer_rows) {
 template <typename T, int D, int VEC>
 __host__ __device__ constexpr int column_buffers(int buffer_rows) {
   return VEC > 1 && shared_rows(2, buffer_rows) * tile_stride<T, D>() * sizeof(T) <= 48 * 1024 ? 2 : 1;
+}
+
+// Buffers of the instantiation the launchers take when a sequence has a single column block: one
+// wherever that makes the tile smaller. A second buffer only receives the next block's copies while
+// the warps work on the current one, and there is no next block; it would double the column part of
+// the tile for nothing and halve how many one-warp blocks (T <= 16) fit an SM.
+template <typename T, int D, int VEC>
+__host__ __device__ constexpr int single_block_buffers(int buffer_rows) {
+  return shared_rows(1, buffer_rows) < shared_rows(column_buffers<T, D, VEC>(buffer_rows), buffer_rows)
+             ? 1
+             : column_buffers<T, D, VEC>(buffer_rows);
 }
 
 // Before the warps work on the column block at c0 (of width `width`, of n columns in all): its copy

@@ -68,15 +68,21 @@ __host__ __device__ constexpr int out_cols() {
 }
 
 // Buffers of the shared tile (which holds the block's R1 rows, then its R2 rows, first), each C1
-// (rows 0..) and C2 (rows kCols..) of a column block.
+// (rows 0..) and C2 (rows kCols..) of a column block: bwd_buffers in general,
+// bwd_single_block_buffers (one where that is smaller) where the columns fit one block.
 template <typename T, int D, int PASS, int VEC>
 __host__ __device__ constexpr int bwd_buffers() {
   return column_buffers<T, D, VEC>(2 * col_block<D, PASS>());
 }
 
+template <typename T, int D, int PASS, int VEC>
+__host__ __device__ constexpr int bwd_single_block_buffers() {
+  return single_block_buffers<T, D, VEC>(2 * col_block<D, PASS>());
+}
+
 // kPassDq: rows are queries, out1 = dq. Otherwise rows are keys, out1 = dk and out2 = dv (as the pass
 // says). The launch accumulates output columns out0 .. out0 + out_cols - 1.
-template <typename T, int D, int PASS, int VEC>
+template <typename T, int D, int PASS, int BUFFERS, int VEC>
 __global__ void __launch_bounds__(kThreads, 1)
     axial_attention_bwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
@@ -88,7 +94,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kTiles = kCols / 8;
   constexpr int kOutTiles = out_cols<T, D, PASS>() / 8;
   constexpr int kStride = tile_stride<T, D>();
-  constexpr int kBuffers = bwd_buffers<T, D, PASS, VEC>();
+  constexpr int kBuffers = BUFFERS;
+  static_assert(BUFFERS >= 1 && BUFFERS <= bwd_buffers<T, D, PASS, VEC>(), "more buffers than column_buffers allows");
   alignas(16) __shared__ T tile[shared_rows(kBuffers, 2 * kCols) * kStride];
   // C1 of the column block at cb; its C2 follows kCols rows on.
   const auto cols_of = [&](int64_t cb) { return tile + (cb / kCols % kBuffers) * 2 * kCols * kStride; };
@@ -250,37 +257,42 @@ struct BwdPointers {
   uintptr_t grad, q, k, v, o, lse, delta, dq, dk, dv;
 };
 
+// One launch of a pass: a block per block_warps row tiles of its rows (queries, or keys), writing
+// out1 and out2 (nullptr where the pass does not) at output columns out0 ...
+template <typename T, int D, int PASS, int BUFFERS, int VEC>
+cudaError_t launch_pass_kernel(const BwdPointers& a, uintptr_t out1, uintptr_t out2, const Problem& p, int out0,
+                               cudaStream_t stream) {
+  const int64_t n_rows = PASS == kPassDq ? p.Tq : p.T;
+  axial_attention_bwd<T, D, PASS, BUFFERS, VEC><<<rows_grid(p, n_rows), 32 * block_warps(n_rows), 0, stream>>>(
+      reinterpret_cast<const T*>(a.q), reinterpret_cast<const T*>(a.k), reinterpret_cast<const T*>(a.v),
+      reinterpret_cast<const T*>(a.grad), reinterpret_cast<const float*>(a.lse),
+      reinterpret_cast<const float*>(a.delta), reinterpret_cast<T*>(out1), reinterpret_cast<T*>(out2), p, out0);
+  return cudaGetLastError();
+}
+
+// Columns (keys, or queries) that fit one column block take the instantiation with
+// bwd_single_block_buffers.
+template <typename T, int D, int PASS, int VEC>
+cudaError_t launch_pass(const BwdPointers& a, uintptr_t out1, uintptr_t out2, const Problem& p, int out0,
+                        cudaStream_t stream) {
+  const int64_t n_cols = PASS == kPassDq ? p.T : p.Tq;
+  return n_cols <= col_block<D, PASS>()
+             ? launch_pass_kernel<T, D, PASS, bwd_single_block_buffers<T, D, PASS, VEC>(), VEC>(a, out1, out2, p,
+                                                                                                out0, stream)
+             : launch_pass_kernel<T, D, PASS, bwd_buffers<T, D, PASS, VEC>(), VEC>(a, out1, out2, p, out0, stream);
+}
+
 template <typename T, int D, int VEC>
 cudaError_t launch_bwd_kernels(const BwdPointers& a, const Problem& p, cudaStream_t stream) {
-  const auto* q = reinterpret_cast<const T*>(a.q);
-  const auto* k = reinterpret_cast<const T*>(a.k);
-  const auto* v = reinterpret_cast<const T*>(a.v);
-  const auto* dout = reinterpret_cast<const T*>(a.grad);
-  const auto* lse = reinterpret_cast<const float*>(a.lse);
-  const auto* delta = reinterpret_cast<const float*>(a.delta);
-  const dim3 query_grid = rows_grid(p, p.Tq), key_grid = rows_grid(p, p.T);
-  const unsigned query_threads = 32 * block_warps(p.Tq), key_threads = 32 * block_warps(p.T);
-  T* dq = reinterpret_cast<T*>(a.dq);
-  T* dk = reinterpret_cast<T*>(a.dk);
-  T* dv = reinterpret_cast<T*>(a.dv);
-  for (int c = 0; c < D; c += out_cols<T, D, kPassDq>()) {
-    axial_attention_bwd<T, D, kPassDq, VEC><<<query_grid, query_threads, 0, stream>>>(q, k, v, dout, lse, delta, dq,
-                                                                                    nullptr, p, c);
-    if (const cudaError_t err = cudaGetLastError()) return err;
-  }
+  for (int c = 0; c < D; c += out_cols<T, D, kPassDq>())
+    if (const cudaError_t err = launch_pass<T, D, kPassDq, VEC>(a, a.dq, 0, p, c, stream)) return err;
   if constexpr (D == 128) {
-    for (int c = 0; c < D; c += out_cols<T, D, kPassDk>()) {
-      axial_attention_bwd<T, D, kPassDk, VEC><<<key_grid, key_threads, 0, stream>>>(q, k, v, dout, lse, delta, dk,
-                                                                                  nullptr, p, c);
-      if (const cudaError_t err = cudaGetLastError()) return err;
-    }
-    axial_attention_bwd<T, D, kPassDv, VEC><<<key_grid, key_threads, 0, stream>>>(q, k, v, dout, lse, delta,
-                                                                                nullptr, dv, p, 0);
+    for (int c = 0; c < D; c += out_cols<T, D, kPassDk>())
+      if (const cudaError_t err = launch_pass<T, D, kPassDk, VEC>(a, a.dk, 0, p, c, stream)) return err;
+    return launch_pass<T, D, kPassDv, VEC>(a, 0, a.dv, p, 0, stream);
   } else {
-    axial_attention_bwd<T, D, kPassDkDv, VEC><<<key_grid, key_threads, 0, stream>>>(q, k, v, dout, lse, delta, dk,
-                                                                                  dv, p, 0);
+    return launch_pass<T, D, kPassDkDv, VEC>(a, a.dk, a.dv, p, 0, stream);
   }
-  return cudaGetLastError();
 }
 
 // vector: q, k, v and dO are staged in 16-byte loads, else element by element.

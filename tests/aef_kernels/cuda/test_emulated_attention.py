@@ -4,7 +4,9 @@ CPU through the SIMT emulator and are compared with float64 references under the
 sequences, NaN stored at masked keys, strided and misaligned operands, more than 65,535 sequences and
 input offsets past 2^31 elements. Every case runs the forward and the backward under two fiber
 schedules and requires bitwise-equal results; operands that are not 16-byte aligned run the
-element-staged kernels, which must agree bit for bit with the 16-byte-staged ones."""
+element-staged kernels, which must agree bit for bit with the 16-byte-staged ones, and sequences with
+a single column block run single-buffered kernels, which must agree bit for bit with the
+double-buffered ones."""
 
 from __future__ import annotations
 
@@ -380,3 +382,56 @@ def test_a_key_block_copied_over_the_one_in_use_fails(within_reference_error):
         check_case(emu, Case(BF16, 16, T=512, Tq=512, B=1, W=1, NH=1, mask="bt"), within_reference_error,
                    schedules=(1,))
     emulator.MUTANTS["failed"] += 1
+
+
+def _buffers(emu) -> set[tuple[str, int, int]]:
+    """(launcher, pass, BUFFERS) of every attention kernel launched since the last reset; the pass is
+    -1 for the forward."""
+    out = set()
+    for _, _, caller in emu.launches():
+        if (m := re.search(r"(launch_\w+_kernel).*int BUFFERS = (\d+)", caller)):
+            passed = re.search(r"int PASS = (\d+)", caller)
+            out.add((m.group(1), int(passed.group(1)) if passed else -1, int(m.group(2))))
+    return out
+
+
+# Both instantiations from one source: the variant's single_block_buffers never picks one buffer.
+DOUBLE_BUFFERED = ("axial_attention.cuh", "return shared_rows(1, buffer_rows) <", "return shared_rows(1, buffer_rows) >")
+FWD, DQ, DKDV = ("launch_fwd_kernel", -1), ("launch_pass_kernel", 0), ("launch_pass_kernel", 1)
+
+
+@pytest.mark.parametrize("case, single", [
+    # Every pass has one column block (the model's T = 16).
+    (Case(BF16, 64, T=16, Tq=16, mask="bt", nan_masked=True), {FWD, DQ, DKDV}),
+    # 40 keys fit one block of 64; 70 queries do not (the dk/dv pass's blocks of 64 at d = 32).
+    (Case(F16, 32, T=40, Tq=70, B=1, mask="bthw", fully_masked=True, nan_masked=True), {FWD, DQ}),
+    (Case(F32, 16, T=9, Tq=9, mask="bt", nan_masked=True), {FWD, DQ, DKDV}),
+], ids=str)
+def test_single_buffered_kernels_match_double_buffered_bitwise(emu, case, single):
+    """Where a pass's columns (keys; queries in the dk/dv pass) fit one column block the launchers
+    run its single-buffered instantiation (BUFFERS = 1: half the column tile, nothing to overlap);
+    o, lse, dq, dk and dv equal bit for bit those of the double-buffered kernels, which a build
+    whose single_block_buffers never picks one buffer runs for the same inputs."""
+    gen = torch.Generator().manual_seed(13)
+    qshape = (case.B, case.Tq, case.H, case.W, case.NH, case.d)
+    kshape = (case.B, case.T, case.H, case.W, case.NH, case.d)
+    q, grad = (torch.randn(qshape, generator=gen).to(case.dtype) for _ in range(2))
+    k, v = (torch.randn(kshape, generator=gen).to(case.dtype) for _ in range(2))
+    mask = _key_mask(case, gen)
+    kq, kk, kv = _place([q, k, v], case.layout)
+    hidden = ~_key_positions(mask, kshape)
+    kk.masked_fill_(hidden, float("nan"))
+    kv.masked_fill_(hidden, float("nan"))
+    kmask, kgrad = ops.embed(mask.to(torch.uint8)), ops.embed(grad)
+    scale = case.d ** -0.5
+    runs = []
+    for build in (emu, emulator.load(DOUBLE_BUFFERED)):
+        build.reset(seed=2)
+        o, lse = ops.attention_fwd(build, kq, kk, kv, kmask, scale)
+        runs.append(((o, lse, *ops.attention_bwd(build, kgrad, kq, kk, kv, o, lse, kmask, scale)), _buffers(build)))
+    (single_run, single_launches), (double_run, double_launches) = runs
+    assert double_launches == {(*which, 2) for which in (FWD, DQ, DKDV)}, double_launches
+    assert single_launches == {(*which, 1 if which in single else 2) for which in (FWD, DQ, DKDV)}, single_launches
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), single_run, double_run):
+        assert torch.equal(ops.bits(a), ops.bits(b)), f"{case}: {name} differs between one and two buffers"
+    emulator.PASSED["attention"] += 1
