@@ -94,22 +94,14 @@ def _load_rows(ptr, base, t, stride, ok, dd):
 
 
 @triton.jit
-def _output_columns(dd, BLOCK_D: tl.constexpr, BLOCK_DC: tl.constexpr):
-    """The head-dim columns of the output this key-loop program computes: chunk program_id(1) of
-    BLOCK_DC columns (the whole head dim, ``dd``, when it is one chunk: no address arithmetic)."""
+def _output_chunk(dd, BLOCK_D: tl.constexpr, BLOCK_DC: tl.constexpr):
+    """(head-dim columns of the output, whether they are the first chunk) of this key-loop program:
+    chunk program_id(1) of BLOCK_DC columns, or the whole head dim ``dd`` when it is one chunk (no
+    address arithmetic, no runtime condition)."""
     if BLOCK_DC < BLOCK_D:
-        return tl.program_id(1) * BLOCK_DC + tl.arange(0, BLOCK_DC)
+        return tl.program_id(1) * BLOCK_DC + tl.arange(0, BLOCK_DC), tl.program_id(1) == 0
     else:
-        return dd
-
-
-@triton.jit
-def _first_columns(BLOCK_D: tl.constexpr, BLOCK_DC: tl.constexpr):
-    """Whether this key-loop program has the first output chunk (the one that stores the lse)."""
-    if BLOCK_DC < BLOCK_D:
-        return tl.program_id(1) == 0
-    else:
-        return True
+        return dd, True
 
 
 @triton.jit
@@ -282,7 +274,7 @@ def _attn_fwd_kernel(
             else:
                 _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, dc, BLOCK_D, c == 0)
     else:
-        oc = _output_columns(dd, BLOCK_D, BLOCK_DC)
+        oc, first = _output_chunk(dd, BLOCK_D, BLOCK_DC)
         q = _load_rows(q_ptr, q_base, r_t, sqt, row_ok, dd)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -301,7 +293,7 @@ def _attn_fwd_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
         m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-        _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, oc, BLOCK_D, _first_columns(BLOCK_D, BLOCK_DC))
+        _store_output(o_ptr, lse_ptr, row, acc, l_i, m_safe, row_ok, oc, BLOCK_D, first)
 
 
 @triton.jit
@@ -390,33 +382,28 @@ def _attn_bwd_kernel(
                                                         input_precision=DOT_PRECISION) * scale,
                                     row_ok & (r_seq == j), bad_q, dc, BLOCK_D, True)
     elif not DQ:
-        # dk, dv of one key block at a time, summed over every query block of the sequence; as in
-        # the forward, only the output columns oc (the scores still take the whole head dim).
-        oc = _output_columns(dd, BLOCK_D, BLOCK_DC)
+        # dk, dv of one key block at a time, summed over every query block of the sequence.
         for kstart in range(0, T, kcols):
             c_t = kstart + c_t0
             in_range, col_ok, k, v = _load_keys(k_ptr, v_ptr, mask_ptr, k_base, v_base, m_base, seq_c_ok, c_t, T,
                                                 skt, svt, smt, dd)
-            dk = tl.zeros([BLOCK_N, BLOCK_DC], dtype=tl.float32)
-            dv = tl.zeros([BLOCK_N, BLOCK_DC], dtype=tl.float32)
+            dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
             for qstart in range(0, Tq, qrows):
                 r_t = qstart + r_t0
                 row_ok, row, live, lse2, delta = _query_rows(lse_ptr, delta_ptr, b_r, hwn_r, seq_r_ok, r_t, Tq, HWN)
                 q = _load_rows(q_ptr, q_base, r_t, sqt, live, dd)
                 do = _load_rows(do_ptr, 0, row, BLOCK_D, live, dd)
                 p, ds = _probs_and_dscores(q, k, v, do, lse2, delta, col_ok[None, :], qk_scale, DOT_PRECISION)
-                if BLOCK_DC < BLOCK_D:
-                    q = _load_rows(q_ptr, q_base, r_t, sqt, live, oc)
-                    do = _load_rows(do_ptr, 0, row, BLOCK_D, live, oc)
                 dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
             col = (b_c * T + c_t) * HWN + hwn_c
-            _store_rows(dk_ptr, col, dk * scale, in_range, oc, BLOCK_D)
-            _store_rows(dv_ptr, col, dv, in_range, oc, BLOCK_D)
+            _store_rows(dk_ptr, col, dk * scale, in_range, dd, BLOCK_D)
+            _store_rows(dv_ptr, col, dv, in_range, dd, BLOCK_D)
     else:
         # dq of one query block at a time, summed over every key block of the sequence (output
         # columns oc).
-        oc = _output_columns(dd, BLOCK_D, BLOCK_DC)
+        oc = _output_chunk(dd, BLOCK_D, BLOCK_DC)[0]
         for qstart in range(0, Tq, qrows):
             r_t = qstart + r_t0
             row_ok, row, live, lse2, delta = _query_rows(lse_ptr, delta_ptr, b_r, hwn_r, seq_r_ok, r_t, Tq, HWN)
@@ -457,8 +444,9 @@ def _config(Tq: int, T: int, tile: int) -> _Config:
 # (benchmarks/notes/triton_aot.md). 16-bit 64-row tiles take 4 warps (one warpgroup: wgmma on
 # sm_90), except the forward's d = 16 single tile on sm_80, which spills 8 B at 4 and runs 2
 # (_SM80_WARPS), as do the backward's 32-row single tiles there (_BWD_TILE). float32's 16-row tiles
-# take 1 warp, except the forward's d = 32 single tile (2) and d = 128 key loop (8: 400-700 B spills
-# below) and the backward's key loop (8: it spills at fewer). The 16-bit backward's key loop is
+# take 1 warp, except the forward's d = 32 single tile (2), its d = 128 key loop (2, in _LOOP_CHUNK's
+# 64-column chunks: at 1 warp their shared memory leaves 5-7 warps per SM) and the backward's key
+# loop (8: it spills at fewer). The 16-bit backward's key loop is
 # _BWD_LOOP below.
 _WARPS = {("16bit", False, True): (4, 4, 4, 4), ("16bit", False, False): (4, 4, 4, 4),
           ("16bit", True, True): (4, 4, 4, 4),
@@ -479,8 +467,7 @@ def _tile(t: str, backward: bool, d: int, family: int) -> int:
 
 
 # The 16-bit backward's key loop per code family and head dim: per pass (dk/dv, then dq) the
-# (query rows, key rows) of its blocks, the output columns a program takes (grid axis 1 takes the
-# chunks of d; each recomputes the scores over the whole head dim) and warps. On sm_90 the pass's
+# (query rows, key rows) of its blocks and warps. On sm_90 the pass's
 # accumulators (dk and dv, or dq) take 64 rows, a warpgroup's wgmma M, and the side it loops over
 # 32: no spill, no duplicated warps at d = 32 and 64. On sm_80 the same blocks put [4, 1] mma warps
 # on the 32-row side (rows computed twice) and spill 8 B at d = 32, so it keeps 32 x 32 at 2 warps.
@@ -490,15 +477,17 @@ def _tile(t: str, backward: bool, d: int, family: int) -> int:
 # 8 warps (at 4 its 64-column chunks spill 56 B), on sm_80 over 64 query rows x 32 keys at 4 warps
 # (32 x 32 blocks needed 8 warps, which cover them twice; 81 KB of shared memory, within the 99 KB
 # of sm_86/sm_89).
-_PASSES_32 = ((32, 32, 128, 2), (32, 32, 128, 2))
-_PASSES_WGMMA = ((32, 64, 128, 4), (64, 32, 128, 4))
-_BWD_LOOP = {80: {16: _PASSES_32, 32: _PASSES_32, 64: _PASSES_32, 128: ((64, 32, 128, 4), (32, 32, 64, 2))},
-             90: {16: ((64, 64, 128, 4), (64, 64, 128, 4)), 32: _PASSES_WGMMA, 64: _PASSES_WGMMA,
-                  128: ((32, 64, 128, 8), (64, 32, 64, 4))}}
-# Output columns a key-loop program takes per (dtype, backward) outside _BWD_LOOP (at most d): the
-# float32 forward's d = 128 tile fits 2 warps in 64-column chunks (whole, it spilled 400-700 B below
-# 8 warps); the float32 backward's chunks took more shared memory than its bound on sm_80.
-_LOOP_COLUMNS = {("16bit", False): 128, ("fp32", False): 64, ("fp32", True): 128}
+_PASSES_32 = ((32, 32, 2), (32, 32, 2))
+_PASSES_WGMMA = ((32, 64, 4), (64, 32, 4))
+_BWD_LOOP = {80: {16: _PASSES_32, 32: _PASSES_32, 64: _PASSES_32, 128: ((64, 32, 4), (32, 32, 2))},
+             90: {16: ((64, 64, 4), (64, 64, 4)), 32: _PASSES_WGMMA, 64: _PASSES_WGMMA,
+                  128: ((32, 64, 8), (64, 32, 4))}}
+# Output columns a key-loop program takes per (dtype, pass) where it is not the whole head dim
+# (grid axis 1 holds the chunks; each recomputes the scores over all of d): the float32 forward's
+# d = 128 tile fits 2 warps in 64-column chunks (whole, it spilled 400-700 B below 8 warps), the
+# 16-bit dq pass's fits 4 (sm_90) or 2 (sm_80). The float32 backward's chunks took more shared
+# memory than its bound on sm_80.
+_LOOP_CHUNK = {("fp32", "fwd"): 64, ("16bit", "dq"): 64}
 
 
 def _attn_config(t: str, d: int, backward: bool, single: bool, family: int, dq: bool = False) -> dict:
@@ -510,12 +499,15 @@ def _attn_config(t: str, d: int, backward: bool, single: bool, family: int, dq: 
     tile = _tile(t, backward, d, family)
     kind = "fp32" if t == "fp32" else "16bit"
     if backward and not single and t != "fp32":
-        rows, cols, chunk, warps = _BWD_LOOP[family][d][dq]
+        rows, cols, warps = _BWD_LOOP[family][d][dq]
     else:
         rows, cols = tile, tile
         key = (kind, backward, single)
         warps = (_SM80_WARPS if family == 80 and key in _SM80_WARPS else _WARPS)[key][HEAD_DIMS.index(d)]
-        chunk = (_SINGLE_CHUNK if single else _LOOP_COLUMNS)[kind, backward]
+    if single:
+        chunk = _SINGLE_CHUNK[kind, backward]
+    else:
+        chunk = _LOOP_CHUNK.get((kind, "dq" if dq else "dkdv" if backward else "fwd"), d)
     chunk = min(d, chunk)
     return {"SINGLE": single, "BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_D": d, "BLOCK_DC": chunk,
             "DOT_PRECISION": _DOT_PRECISION[t], "num_warps": warps, "num_stages": 2}
